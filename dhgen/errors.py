@@ -1,0 +1,136 @@
+"""Typed errors: every failure dhgen reports is one of these, with a message and a hint.
+
+The `type_name` of each class is the `error.type` string of the result log (see DESIGN.md). Whether a failure is
+retried is decided by its class (`retryable`), never by matching message text.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class DhgenError(Exception):
+    """Base class. `message` is never empty; `hint` says what the user should try."""
+
+    retryable = False
+    default_hint = "see the message above"
+
+    def __init__(self, message: str, *, path: str | Path | None = None, hint: str | None = None) -> None:
+        self.path = str(path) if path is not None else None
+        self.message = message.strip() or f"{type(self).__name__} (no detail)"
+        if self.path and self.path not in self.message:
+            self.message = f"{self.path}: {self.message}"
+        self.hint = hint or self.default_hint
+        super().__init__(self.message)
+
+    @property
+    def type_name(self) -> str:
+        return type(self).__name__
+
+    def to_record(self) -> dict:
+        record = {"type": self.type_name, "message": self.message, "retryable": self.retryable, "hint": self.hint}
+        if self.path:
+            record["path"] = self.path
+        return record
+
+    def __reduce__(self):  # keep path/hint when pickled across processes
+        return (_rebuild, (type(self), self.message, self.path, self.hint))
+
+
+def _rebuild(cls, message, path, hint):
+    return cls(message, path=path, hint=hint)
+
+
+# --- usage: the whole run is refused (exit 2) ------------------------------------------------------------------
+
+
+class UsageError(DhgenError):
+    """Bad command line or unreadable manifest."""
+
+    default_hint = "run `dhgen render --help` for the expected arguments"
+
+
+class ManifestError(UsageError):
+    default_hint = "a manifest is CSV with header `id,audio,avatar[,output]` or JSON Lines with those keys"
+
+
+class RunLocked(DhgenError):
+    """Another dhgen run holds the lock on the output folder (exit 75)."""
+
+    default_hint = "wait for the other run to finish, or use another --out folder"
+
+
+# --- input errors: not retryable ---------------------------------------------------------------------------------
+
+
+class MissingInputError(DhgenError):
+    default_hint = "check the path in the manifest (relative paths are relative to the manifest's folder)"
+
+
+class AudioDecodeError(DhgenError):
+    default_hint = "use an audio file PyAV/FFmpeg can read (wav, mp3, m4a, ogg, flac) that contains sound"
+
+
+class AvatarDecodeError(DhgenError):
+    default_hint = "use a complete video file (mp4, mov, mkv, webm) or a still image (png, jpg)"
+
+
+class NoFaceError(DhgenError):
+    default_hint = "use an avatar with a clearly visible, frontal face"
+
+
+class ModelLoadError(DhgenError):
+    default_hint = "pass a Wav2Lip generator checkpoint (`{'state_dict': ...}` .pth or TorchScript .pt)"
+
+
+class OutputError(DhgenError):
+    default_hint = "check that the output folder exists, is writable and has free space"
+
+
+class EncodeError(DhgenError):
+    default_hint = "check `dhgen doctor` for the libx264/aac encoders; try another --preset or --crf"
+
+
+# --- process and resource failures: retryable --------------------------------------------------------------------
+
+
+class WorkerCrashed(DhgenError):
+    retryable = True
+    default_hint = "an inference worker died; it was replaced. If this repeats, check GPU memory and drivers"
+
+
+class JobProcessCrashed(DhgenError):
+    retryable = True
+    default_hint = "the job's process died; if this repeats, check memory (`dmesg` for the OOM killer)"
+
+
+class Stalled(DhgenError):
+    retryable = True
+    default_hint = "a stage made no progress; raise --stall-timeout if the machine is just slow"
+
+
+class JobTimeout(DhgenError):
+    retryable = True
+    default_hint = "raise --job-timeout for long jobs"
+
+
+class OutOfMemory(DhgenError):
+    retryable = True
+    default_hint = "lower --batch-size or run fewer --jobs at once"
+
+
+INPUT_ERRORS = (MissingInputError, AudioDecodeError, AvatarDecodeError, NoFaceError, ModelLoadError)
+
+
+def error_class(type_name: str) -> type[DhgenError]:
+    """The error class for a result-log `type` string (unknown names map to the base class)."""
+    for cls in _all_subclasses(DhgenError):
+        if cls.__name__ == type_name:
+            return cls
+    return DhgenError
+
+
+def _all_subclasses(cls):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _all_subclasses(sub)

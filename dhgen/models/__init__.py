@@ -1,0 +1,70 @@
+"""Model registry: what each model needs from a job (crop geometry, conditioning), importable without torch.
+
+Job processes use these specs to cut crops and compute audio features; only inference workers import torch and
+the model implementations (`dhgen.models.mouthwarp`, `dhgen.models.wav2lip`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from dhgen.errors import UsageError
+
+Rect = tuple[int, int, int, int]  # x0, y0, x1, y1 in frame pixels, x1/y1 exclusive
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    crop_size: int  # crops are resized to crop_size x crop_size before the model sees them
+    conditioning: str  # "openness": one float per frame; "mel": an (80, 16) mel window per frame
+    needs_checkpoint: bool
+
+    def crop_rect(self, box, frame_w: int, frame_h: int, pads=(0, 10, 0, 0)) -> Rect:
+        """The frame rectangle handed to the model for a face box (x, y, w, h), clipped to the frame."""
+        x, y, w, h = (float(v) for v in box)
+        if self.name == "wav2lip":
+            top, bottom, left, right = pads
+            x0, y0, x1, y1 = x - left, y - top, x + w + right, y + h + bottom
+        else:  # mouthwarp: a square around the mouth and chin
+            side = 0.78 * w
+            cx, cy = x + 0.5 * w, y + 0.84 * h
+            x0, y0, x1, y1 = cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2
+        x0, y0 = max(0, int(round(x0))), max(0, int(round(y0)))
+        x1, y1 = min(frame_w, int(round(x1))), min(frame_h, int(round(y1)))
+        return x0, y0, x1, y1
+
+
+SPECS = {
+    "mouthwarp": ModelSpec("mouthwarp", crop_size=128, conditioning="openness", needs_checkpoint=False),
+    "wav2lip": ModelSpec("wav2lip", crop_size=96, conditioning="mel", needs_checkpoint=True),
+}
+
+
+def get_spec(name: str) -> ModelSpec:
+    try:
+        return SPECS[name]
+    except KeyError:
+        raise UsageError(f"unknown model {name!r}", hint=f"choose one of: {', '.join(SPECS)}") from None
+
+
+@dataclass
+class CropBatch:
+    """What a job sends to the model: face crops, their neutral references and the audio conditioning."""
+
+    crops: np.ndarray  # uint8 (B, S, S, 3), BGR, S = spec.crop_size
+    refs: np.ndarray  # uint8 (B, S, S, 3), the same rectangle cut from the avatar's closed-mouth reference frame
+    cond: np.ndarray  # float32: (B,) mouth openness in [0, 1], or (B, 80, 16) mel windows
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+
+@dataclass
+class PatchBatch:
+    """What the model returns: patches to paste back and where (alpha 0 keeps the frame's pixel exactly)."""
+
+    patches: np.ndarray  # uint8 (B, S, S, 3), BGR
+    alphas: np.ndarray  # uint8 (B, S, S), 255 = take the patch, 0 = keep the frame

@@ -1,0 +1,52 @@
+"""Options for a render, as frozen dataclasses (picklable, so they travel to child processes unchanged)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def default_cache_dir() -> Path:
+    """Face-track cache: `$XDG_CACHE_HOME/dhgen` (default `~/.cache/dhgen`)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "dhgen"
+
+
+@dataclass(frozen=True)
+class AvatarOptions:
+    still_fps: float = 25.0  # frame rate of the output when the avatar is a still image
+    loop: str = "pingpong"  # how a short avatar is extended: "pingpong" (forward, backward, ...) or "loop"
+
+
+@dataclass(frozen=True)
+class FaceOptions:
+    stride: int = 5  # run the detector on every `stride`-th avatar frame, interpolate between
+    detect_width: int = 480  # frames are downscaled to at most this width before detection
+    smooth: float = 0.6  # exponential smoothing of boxes across detections (0 = none, towards 1 = heavy)
+    cache_dir: Path = field(default_factory=default_cache_dir)  # where face tracks are cached
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    preset: str = "veryfast"  # libx264 preset
+    crf: int = 20  # libx264 constant rate factor (lower = better quality, bigger file)
+    threads: int = 0  # x264 threads; 0 lets the encoder choose
+    audio_bitrate: int = 128_000  # AAC bit rate, bits/s
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    name: str = "mouthwarp"  # "mouthwarp" (embedded, no weights) or "wav2lip"
+    checkpoint: Path | None = None  # weights for models that need them
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    batch_size: int = 16  # face crops per forward pass
+    pads: tuple[int, int, int, int] = (0, 10, 0, 0)  # wav2lip face box padding: top, bottom, left, right
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    avatar: AvatarOptions = field(default_factory=AvatarOptions)
+    face: FaceOptions = field(default_factory=FaceOptions)
+    encode: EncodeOptions = field(default_factory=EncodeOptions)
+    model: ModelOptions = field(default_factory=ModelOptions)
