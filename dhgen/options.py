@@ -50,3 +50,21 @@ class RenderOptions:
     face: FaceOptions = field(default_factory=FaceOptions)
     encode: EncodeOptions = field(default_factory=EncodeOptions)
     model: ModelOptions = field(default_factory=ModelOptions)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    out_dir: Path = Path("renders")  # outputs land here unless a job names its own path
+    log_path: Path | None = None  # result log; default out_dir/results.jsonl
+    resume: bool = False  # skip jobs already rendered from the same inputs
+    jobs: int = 2  # job processes at once
+    workers: int | None = None  # inference workers; None: one per visible GPU, else one CPU worker
+    retries: int = 2  # extra attempts for retryable failures
+    stall_timeout: float = 60.0  # seconds without progress, while work is pending, before a stage is Stalled
+    startup_timeout: float = 300.0  # allowance for model loading and first CUDA use
+    job_timeout: float | None = None  # seconds one attempt of a job may take (None: no limit)
+    backoff_s: float = 1.0  # first retry delay; doubles each attempt, with jitter
+
+    @property
+    def results_path(self) -> Path:
+        return self.log_path or self.out_dir / "results.jsonl"

@@ -1,0 +1,160 @@
+"""The command line: parse arguments into options, run the library, turn outcomes into exit codes.
+
+Only this module knows about typer and the terminal. Exit codes (DESIGN.md): 0 all succeeded or skipped,
+1 a job failed, 2 usage or unreadable manifest, 75 the output folder is locked, 130 SIGINT, 143 SIGTERM.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dhgen.errors import DhgenError, OutputError, RunLocked, UsageError
+from dhgen.manifest import Job, read_manifest, single_job
+from dhgen.options import AvatarOptions, EncodeOptions, FaceOptions, ModelOptions, RenderOptions, RunOptions
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 75
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Render lip-synced talking-head videos.")
+log = logging.getLogger("dhgen")
+
+
+class Progress(str, Enum):
+    auto = "auto"
+    rich = "rich"
+    plain = "plain"
+    json = "json"
+    none = "none"
+
+
+class Loop(str, Enum):
+    pingpong = "pingpong"
+    loop = "loop"
+
+
+@app.callback()
+def _app() -> None:
+    """dhgen: batch renderer for lip-synced talking-head videos."""
+
+
+@app.command()
+def render(
+    manifest: Annotated[Path | None, typer.Argument(help="CSV or JSONL manifest of jobs")] = None,
+    audio: Annotated[Path | None, typer.Option(help="one job: the audio file")] = None,
+    avatar: Annotated[Path | None, typer.Option(help="one job: the avatar video or image")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="one job: the output .mp4")] = None,
+    out: Annotated[Path, typer.Option(help="output folder for manifest jobs")] = Path("renders"),
+    log_path: Annotated[Path | None, typer.Option("--log", help="result log (default OUT/results.jsonl)")] = None,
+    resume: Annotated[bool, typer.Option(help="skip jobs already rendered from the same inputs")] = False,
+    model: Annotated[str, typer.Option(help="mouthwarp (built in) or wav2lip")] = "mouthwarp",
+    checkpoint: Annotated[Path | None, typer.Option(help="model weights (wav2lip)")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
+    workers: Annotated[int | None, typer.Option(min=1, help="inference workers (default: one per GPU)")] = None,
+    jobs: Annotated[int, typer.Option(min=1, help="jobs rendered at once")] = 2,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="face crops per model call")] = None,
+    retries: Annotated[int, typer.Option(min=0, help="extra attempts for retryable failures")] = 2,
+    stall_timeout: Annotated[float, typer.Option(min=1, help="seconds without progress before Stalled")] = 60.0,
+    job_timeout: Annotated[float | None, typer.Option(min=1, help="seconds one job attempt may take")] = None,
+    fps: Annotated[float, typer.Option(min=1, help="frame rate when the avatar is a still image")] = 25.0,
+    loop: Annotated[Loop, typer.Option(help="how a short avatar is extended")] = Loop.pingpong,
+    preset: Annotated[str, typer.Option(help="libx264 preset")] = "veryfast",
+    crf: Annotated[int, typer.Option(min=0, max=51, help="libx264 CRF")] = 20,
+    pads: Annotated[tuple[int, int, int, int], typer.Option(help="wav2lip face padding: top bottom left right")] = (
+        0,
+        10,
+        0,
+        0,
+    ),
+    progress: Annotated[Progress, typer.Option(help="progress display")] = Progress.auto,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = "WARNING",
+) -> None:
+    """Render every job of MANIFEST, or one job given with --audio/--avatar/-o."""
+    _setup_logging(log_level)
+    try:
+        job_list, out_dir = _jobs(manifest, audio, avatar, output, out)
+        options = RenderOptions(
+            avatar=AvatarOptions(still_fps=fps, loop=loop.value),
+            face=FaceOptions(),
+            encode=EncodeOptions(preset=preset, crf=crf),
+            model=_model_options(model, checkpoint, device, batch_size, pads),
+        )
+        run = RunOptions(
+            out_dir=out_dir,
+            log_path=log_path,
+            resume=resume,
+            jobs=jobs,
+            workers=workers,
+            retries=retries,
+            stall_timeout=stall_timeout,
+            job_timeout=job_timeout,
+        )
+    except UsageError as exc:
+        _fail(exc, EXIT_USAGE)
+    raise typer.Exit(_run(job_list, options, run, progress))
+
+
+def _run(job_list: list[Job], options: RenderOptions, run: RunOptions, progress: Progress) -> int:
+    from dhgen.runner import render as render_jobs
+
+    try:
+        summary = render_jobs(job_list, options, run, on_event=_plain_events)
+    except RunLocked as exc:
+        _fail(exc, EXIT_LOCKED)
+    except OutputError as exc:
+        _fail(exc, EXIT_FAILED)
+    return summary.exit_code
+
+
+def _plain_events(event: dict) -> None:
+    if event["event"] != "job_finished":
+        return
+    r = event["record"]
+    if r["status"] == "failed":
+        err = r["error"]
+        typer.echo(f"FAILED {r['job_id']}: {err['type']}: {err['message']}\n  hint: {err['hint']}", err=True)
+    else:
+        typer.echo(f"{r['status']} {r['job_id']} -> {r['output']}", err=True)
+
+
+def _jobs(manifest, audio, avatar, output, out) -> tuple[list[Job], Path]:
+    if manifest is not None:
+        if audio or avatar or output:
+            raise UsageError("give either a MANIFEST or --audio/--avatar/-o, not both")
+        return read_manifest(manifest, out), out
+    if not (audio and avatar and output):
+        raise UsageError("give a MANIFEST, or all of --audio, --avatar and -o/--output")
+    if output.suffix.lower() != ".mp4":
+        raise UsageError(f"output {output} must end in .mp4", hint="name the output file like out.mp4")
+    return [single_job(audio, avatar, output)], output.parent
+
+
+def _model_options(model, checkpoint, device, batch_size, pads) -> ModelOptions:
+    from dhgen.models import get_spec
+
+    spec = get_spec(model)
+    if spec.needs_checkpoint and checkpoint is None:
+        raise UsageError(f"--model {model} needs --checkpoint PATH", hint="pass the generator's weights file")
+    default_batch = 128 if device.startswith("cuda") else 16
+    return ModelOptions(
+        name=model, checkpoint=checkpoint, device=device, batch_size=batch_size or default_batch, pads=tuple(pads)
+    )
+
+
+def _fail(exc: DhgenError, code: int):
+    typer.echo(f"error: {exc.message}\n  hint: {exc.hint}", err=True)
+    raise typer.Exit(code)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,160 @@
+"""One job, start to finish: audio -> features, avatar -> frames, faces -> crops -> model -> paste -> encode.
+
+Runs in whichever process calls it (a job process under the supervisor, or the caller's own). The model is
+reached through an `Inference` object, so the same loop serves a model in this process or a remote inference
+worker. Frames stream through in small chunks; at most `max_in_flight` chunks wait for the model at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from fractions import Fraction
+from itertools import islice
+from typing import Protocol
+
+import numpy as np
+
+from dhgen.audio import Audio, frame_count, load_audio, mel_spectrogram, mel_windows, mouth_openness
+from dhgen.avatar import AvatarInfo, iter_frames, probe_avatar
+from dhgen.composite import extract_crop, paste
+from dhgen.face import FaceTrack, track_faces
+from dhgen.manifest import Job
+from dhgen.models import CropBatch, ModelSpec, PatchBatch, Rect, get_spec
+from dhgen.options import RenderOptions
+from dhgen.writer import VideoWriter
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[str, int], None]  # (counter, value): "decoded" / "inferred" / "encoded" frames so far
+CHUNK_FRAMES = 16  # frames a job hands to the model at once (the worker may merge chunks of several jobs)
+
+
+class Inference(Protocol):
+    def submit(self, batch: CropBatch) -> Hashable: ...
+
+    def collect(self, ticket: Hashable) -> PatchBatch: ...
+
+
+class LocalInference:
+    """Runs the model in this process: `submit` computes, `collect` hands the result back."""
+
+    def __init__(self, predictor) -> None:
+        self._predictor = predictor
+        self._results: dict[int, PatchBatch] = {}
+        self._next = 0
+
+    def submit(self, batch: CropBatch) -> int:
+        self._next += 1
+        self._results[self._next] = self._predictor.predict(batch)
+        return self._next
+
+    def collect(self, ticket: int) -> PatchBatch:
+        return self._results.pop(ticket)
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    frames: int
+    fps: Fraction
+    width: int
+    height: int
+    duration_s: float
+
+
+@dataclass
+class _Chunk:
+    frames: list[np.ndarray]
+    rects: list[Rect | None]  # None: no face in that frame, it passes through unchanged
+    ticket: Hashable | None
+
+
+class _Job:
+    """The state of one render: its inputs, prepared once, and the loop that streams frames through."""
+
+    def __init__(self, job: Job, options: RenderOptions, progress: ProgressFn | None) -> None:
+        self.job, self.options = job, options
+        self.spec: ModelSpec = get_spec(options.model.name)
+        self.progress = progress or (lambda counter, value: None)
+        self.audio: Audio = load_audio(job.audio)
+        self.info: AvatarInfo = probe_avatar(job.avatar, options.avatar)
+        self.n_out = frame_count(self.audio.duration_s, self.info.fps)
+        self.cond = conditioning(self.spec, self.audio, self.info.fps, self.n_out)
+        self.track: FaceTrack = track_faces(self.info, min(self.n_out, self.info.n_frames), options.face)
+        self.ref_crop = self._reference_crop()
+        self.counts = {"decoded": 0, "inferred": 0, "encoded": 0}
+
+    def run(self, inference: Inference, max_in_flight: int) -> JobOutcome:
+        info = self.info
+        frames = iter_frames(info, self.n_out, self.options.avatar.loop)
+        pending: deque[_Chunk] = deque()
+        with VideoWriter(
+            self.job.output, info.width, info.height, info.fps, self.job.audio, self.options.encode
+        ) as writer:
+            while chunk := list(islice(frames, CHUNK_FRAMES)):
+                pending.append(self._submit(chunk, inference))
+                while len(pending) > max_in_flight:
+                    self._finish(pending.popleft(), inference, writer)
+            while pending:
+                self._finish(pending.popleft(), inference, writer)
+            written = writer.frames_written
+        return JobOutcome(written, info.fps, info.width, info.height, float(written / info.fps))
+
+    def _rect(self, avatar_index: int) -> Rect | None:
+        box = self.track.boxes[avatar_index] if avatar_index < len(self.track.boxes) else None
+        if box is None or np.isnan(box).any():
+            return None
+        rect = self.spec.crop_rect(box, self.info.width, self.info.height, self.options.model.pads)
+        return rect if rect[2] - rect[0] >= 8 and rect[3] - rect[1] >= 8 else None
+
+    def _reference_crop(self) -> np.ndarray:
+        rect = self._rect(self.track.reference_index)
+        return extract_crop(self.track.reference_frame, rect, self.spec.crop_size)
+
+    def _submit(self, chunk: list[tuple[int, np.ndarray]], inference: Inference) -> _Chunk:
+        start = self.counts["decoded"]
+        frames = [frame for _, frame in chunk]
+        rects = [self._rect(avatar_index) for avatar_index, _ in chunk]
+        self._count("decoded", len(chunk))
+        faced = [i for i, rect in enumerate(rects) if rect is not None]
+        if not faced:
+            return _Chunk(frames, rects, None)
+        size = self.spec.crop_size
+        batch = CropBatch(
+            crops=np.stack([extract_crop(frames[i], rects[i], size) for i in faced]),
+            refs=np.repeat(self.ref_crop[None], len(faced), axis=0),
+            cond=self.cond[[start + i for i in faced]],
+        )
+        return _Chunk(frames, rects, inference.submit(batch))
+
+    def _finish(self, chunk: _Chunk, inference: Inference, writer: VideoWriter) -> None:
+        if chunk.ticket is not None:
+            result = inference.collect(chunk.ticket)
+            faced = [(frame, rect) for frame, rect in zip(chunk.frames, chunk.rects, strict=True) if rect]
+            for (frame, rect), patch, alpha in zip(faced, result.patches, result.alphas, strict=True):
+                paste(frame, rect, patch, alpha)
+        self._count("inferred", len(chunk.frames))
+        for frame in chunk.frames:
+            writer.write(frame)
+        self._count("encoded", len(chunk.frames))
+
+    def _count(self, counter: str, n: int) -> None:
+        self.counts[counter] += n
+        self.progress(counter, self.counts[counter])
+
+
+def conditioning(spec: ModelSpec, audio: Audio, fps: Fraction, n_frames: int) -> np.ndarray:
+    """Per-frame audio input for the model: openness (n,) or mel windows (n, 80, 16)."""
+    if spec.conditioning == "mel":
+        return mel_windows(mel_spectrogram(audio.samples), fps, n_frames)
+    return mouth_openness(audio.samples, fps, n_frames)
+
+
+def render_job(
+    job: Job, options: RenderOptions, inference: Inference, progress: ProgressFn | None = None, max_in_flight: int = 2
+) -> JobOutcome:
+    """Render one job to `job.output`; raises a DhgenError subclass when its input or output fails."""
+    return _Job(job, options, progress).run(inference, max_in_flight)
+

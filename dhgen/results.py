@@ -1,0 +1,86 @@
+"""The result log: one JSON object per finished job, appended to `results.jsonl`, and what `--resume` reads back.
+
+Each line is written whole and flushed to disk before the next job is reported, so a crash or a kill never
+leaves a half record that hides the others; a torn last line (a power cut) is skipped on reading.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class JobRecord:
+    job_id: str
+    status: str  # succeeded | failed | skipped
+    audio: str
+    avatar: str
+    output: str
+    attempts: int = 0
+    errors: list[dict] = field(default_factory=list)  # every incident, including absorbed crashes
+    error: dict | None = None  # the final error, when failed
+    frames: int | None = None
+    fps: float | None = None
+    width: int | None = None
+    height: int | None = None
+    duration_s: float | None = None
+    elapsed_s: float | None = None
+    encoder: dict | None = None  # {codec, preset, crf}
+    started_at: str | None = None
+    finished_at: str | None = None
+    input_fingerprint: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False)
+
+
+class ResultLog:
+    """Appends records to a JSONL file, each durable before `append` returns."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def append(self, record: JobRecord) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(record.to_json() + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def last_records(path: Path) -> dict[str, dict]:
+    """The last record of each job id in a result log (empty when the log does not exist)."""
+    records: dict[str, dict] = {}
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return records
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+            records[record["job_id"]] = record
+        except (json.JSONDecodeError, KeyError, TypeError):
+            log.warning("%s:%d: skipping an unreadable result line", path, number)
+    return records
+
+
+def already_done(previous: dict | None, output: Path, fingerprint: str | None) -> bool:
+    """`--resume` skips a job whose last record succeeded with the same inputs and whose output still exists."""
+    return (
+        previous is not None
+        and previous.get("status") in ("succeeded", "skipped")
+        and fingerprint is not None
+        and previous.get("input_fingerprint") == fingerprint
+        and Path(output).is_file()
+    )
