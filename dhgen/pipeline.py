@@ -22,7 +22,7 @@ from dhgen.avatar import AvatarInfo, iter_frames, probe_avatar
 from dhgen.composite import extract_crop, paste
 from dhgen.face import FaceTrack, track_faces
 from dhgen.manifest import Job
-from dhgen.models import CropBatch, ModelSpec, PatchBatch, Rect, get_spec
+from dhgen.models import CropBatch, ModelSpec, PatchBatch, Rect, get_spec, merge_batches
 from dhgen.options import RenderOptions
 from dhgen.writer import VideoWriter
 
@@ -48,7 +48,7 @@ class LocalInference:
 
     def submit(self, batch: CropBatch) -> int:
         self._next += 1
-        self._results[self._next] = self._predictor.predict(batch)
+        self._results[self._next] = self._predictor.predict(merge_batches([batch]))
         return self._next
 
     def collect(self, ticket: int) -> PatchBatch:
@@ -85,6 +85,7 @@ class _Job:
         self.track: FaceTrack = track_faces(self.info, min(self.n_out, self.info.n_frames), options.face)
         self.ref_crop = self._reference_crop()
         self.counts = {"decoded": 0, "inferred": 0, "encoded": 0}
+        self.progress("total", self.n_out)
 
     def run(self, inference: Inference, max_in_flight: int) -> JobOutcome:
         info = self.info
@@ -124,7 +125,7 @@ class _Job:
         size = self.spec.crop_size
         batch = CropBatch(
             crops=np.stack([extract_crop(frames[i], rects[i], size) for i in faced]),
-            refs=np.repeat(self.ref_crop[None], len(faced), axis=0),
+            refs=self.ref_crop[None],
             cond=self.cond[[start + i for i in faced]],
         )
         return _Chunk(frames, rects, inference.submit(batch))

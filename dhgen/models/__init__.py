@@ -55,7 +55,7 @@ class CropBatch:
     """What a job sends to the model: face crops, their neutral references and the audio conditioning."""
 
     crops: np.ndarray  # uint8 (B, S, S, 3), BGR, S = spec.crop_size
-    refs: np.ndarray  # uint8 (B, S, S, 3), the same rectangle cut from the avatar's closed-mouth reference frame
+    refs: np.ndarray  # uint8 (B or 1, S, S, 3): the avatar's closed-mouth reference frame, cut the same way
     cond: np.ndarray  # float32: (B,) mouth openness in [0, 1], or (B, 80, 16) mel windows
 
     def __len__(self) -> int:
@@ -68,3 +68,19 @@ class PatchBatch:
 
     patches: np.ndarray  # uint8 (B, S, S, 3), BGR
     alphas: np.ndarray  # uint8 (B, S, S), 255 = take the patch, 0 = keep the frame
+
+
+def merge_batches(batches: list[CropBatch]) -> CropBatch:
+    """One batch of all crops; references given once per batch ((1, S, S, 3)) are repeated to match."""
+    refs = [np.broadcast_to(b.refs, b.crops.shape) for b in batches]
+    return CropBatch(
+        crops=np.concatenate([b.crops for b in batches]),
+        refs=np.ascontiguousarray(np.concatenate(refs)),
+        cond=np.concatenate([b.cond for b in batches]),
+    )
+
+
+def split_patches(result: PatchBatch, sizes: list[int]) -> list[PatchBatch]:
+    """The inverse of merge_batches for the model's answer: one PatchBatch per original batch."""
+    bounds = np.cumsum([0, *sizes])
+    return [PatchBatch(result.patches[a:b], result.alphas[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]

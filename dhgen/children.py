@@ -1,0 +1,74 @@
+"""What every child process does first, and how the supervisor describes one that died.
+
+Children (job processes and inference workers) are started with the `spawn` context. On start each one:
+dies with its parent (PR_SET_PDEATHSIG, then a getppid() re-check for the race), ignores SIGINT (a terminal's
+Ctrl-C reaches the whole process group; the supervisor decides), turns SIGTERM into SystemExit so `finally`
+blocks remove temp files, and writes fatal tracebacks (segfaults included) to its own crash file.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import faulthandler
+import os
+import signal
+import sys
+from pathlib import Path
+
+PR_SET_PDEATHSIG = 1
+CRASH_TAIL_LINES = 20
+
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def init_child(parent_pid: int, crash_path: Path, threads: int) -> None:
+    """Make this process a well-behaved child of `parent_pid`."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: pipe EOF still ends the child
+        pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    crash_file = open(crash_path, "w")  # noqa: SIM115 - kept open for the life of the process
+    faulthandler.enable(crash_file, all_threads=True)
+    sys.stderr = crash_file  # uncaught Python errors and warnings land there too
+    _limit_threads(threads)
+
+
+def _limit_threads(threads: int) -> None:
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    import cv2
+
+    cv2.setNumThreads(threads)
+
+
+def describe_exit(exitcode: int | None) -> tuple[str, str | None]:
+    """Words for how a process ended, and the signal's name if a signal ended it."""
+    if exitcode is None:
+        return "is still running", None
+    if exitcode >= 0:
+        return f"exited with code {exitcode}", None
+    try:
+        name = signal.Signals(-exitcode).name
+    except ValueError:
+        name = f"signal {-exitcode}"
+    words = f"was killed by {name}"
+    if name == "SIGKILL":
+        words += " (killed, often the kernel OOM killer)"
+    elif name == "SIGSEGV":
+        words += " (segmentation fault)"
+    return words, name
+
+
+def crash_tail(crash_path: Path, lines: int = CRASH_TAIL_LINES) -> str:
+    """The last lines of a child's crash file ('' when it wrote nothing)."""
+    try:
+        text = Path(crash_path).read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.strip().splitlines()[-lines:])
