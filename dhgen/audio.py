@@ -24,8 +24,9 @@ from dhgen.errors import AudioDecodeError, MissingInputError
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16_000  # feature rate: every feature below is computed at 16 kHz mono
+MAX_END_PADDING_S = 0.1  # decoded audio this much longer than the container's duration is encoder padding
 
-# --- Wav2Lip mel recipe -------------------------------------------------------------------------------------------
+# --- Wav2Lip mel recipe -------------------------------------------------------------------------------------
 PREEMPHASIS = 0.97
 N_FFT = 800  # 50 ms at 16 kHz
 HOP_LENGTH = 200  # 12.5 ms: SAMPLE_RATE / HOP_LENGTH = 80 mel frames per second
@@ -38,8 +39,9 @@ MAX_ABS_VALUE = 4.0  # features are normalised to [-4, 4]
 MEL_FPS = SAMPLE_RATE // HOP_LENGTH  # 80
 MEL_STEP = 16  # mel frames per video-frame window (200 ms)
 MEL_SILENCE = -MAX_ABS_VALUE  # the normalised value of digital silence, used to pad short mels
+_CHUNK_FRAMES = 2048  # analysis frames per FFT batch: bounds memory on long audio (~15 MB per batch)
 
-# --- mouth openness -----------------------------------------------------------------------------------------------
+# --- mouth openness -----------------------------------------------------------------------------------------
 SPEECH_BAND_HZ = (300.0, 3400.0)  # telephone band: where voiced speech energy sits
 ABS_FLOOR_DB = -70.0  # band RMS (dBFS) below this is silence, whatever the recording's level
 DYNAMIC_RANGE_DB = 24.0  # levels from (peak - this) to peak map linearly onto 0..1
@@ -49,7 +51,6 @@ OPEN_GATE = 0.05  # raw openness below this is closed
 ATTACK_S = 0.015  # the mouth opens within about a frame...
 RELEASE_S = 0.06  # ...and closes over a few
 SNAP_CLOSED = 0.03  # smoothed values below this are exactly 0 (the release tail ends)
-_CHUNK_FRAMES = 2048  # video frames analysed per FFT batch (bounds memory on long audio)
 
 
 @dataclass(frozen=True)
@@ -63,14 +64,14 @@ class Audio:
     source_channels: int  # channel count of the file's audio stream
 
 
-# --- I/O ----------------------------------------------------------------------------------------------------------
+# --- I/O ----------------------------------------------------------------------------------------------------
 
 
 def load_audio(path: str | Path) -> Audio:
     """Decode the first audio stream of `path` to 16 kHz mono float32.
 
-    Raises MissingInputError when the path does not exist or cannot be read, AudioDecodeError when it is not audio
-    (random bytes, no audio stream, a corrupt stream) or holds no samples.
+    Raises MissingInputError when the path does not exist or cannot be read, and AudioDecodeError when it is
+    not audio (random bytes, no audio stream, a corrupt stream) or holds no samples.
     """
     path = str(path)
     p = Path(path)
@@ -89,11 +90,11 @@ def load_audio(path: str | Path) -> Audio:
             hint="the file is empty or truncated; export the audio again",
         )
     log.debug("decoded %s: %.3f s, %d Hz, %d ch", path, duration_s, rate, channels)
-    return Audio(path=path, samples=samples, duration_s=duration_s, source_rate=rate, source_channels=channels)
+    return Audio(path, samples, duration_s=duration_s, source_rate=rate, source_channels=channels)
 
 
 def _open_error(path: str, exc: Exception) -> Exception:
-    """Our error for what PyAV/the OS raised: cannot read the file -> MissingInputError, else AudioDecodeError."""
+    """Our error for what PyAV or the OS raised: unreadable -> MissingInputError, else AudioDecodeError."""
     unreadable = (FileNotFoundError, PermissionError, IsADirectoryError)
     if isinstance(exc, unreadable) or not isinstance(exc, av.error.FFmpegError):
         return MissingInputError(f"cannot read audio file {path}: {exc}", path=path)
@@ -112,19 +113,24 @@ def _decode_first_audio_stream(container, path: str) -> tuple[np.ndarray, float,
     channels = int(stream.codec_context.channels or 0)
     resampler = _Mono16k()
     chunks: list[np.ndarray] = []
-    source_seconds = 0.0
+    source_seconds = Fraction(0)  # exact: sums of per-frame float durations drift
     for frame in container.decode(stream):
         rate = rate or frame.sample_rate
         channels = channels or frame.layout.nb_channels
-        source_seconds += frame.samples / frame.sample_rate
+        source_seconds += Fraction(frame.samples, frame.sample_rate)
         chunks.extend(resampler.push(frame))
     chunks.extend(resampler.flush())
     samples = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-    return samples, source_seconds, rate, channels
+    declared = stream.duration * stream.time_base if stream.duration and stream.time_base else None
+    if declared and 0 < source_seconds - declared <= MAX_END_PADDING_S:
+        # Codecs such as AAC decode whole frames past the end; the container's duration is the true one.
+        source_seconds = declared
+        samples = samples[: max(1, round(declared * SAMPLE_RATE))]
+    return samples, float(source_seconds), rate, channels
 
 
 class _Mono16k:
-    """av.AudioResampler to 16 kHz mono float, rebuilt if the input's format, layout or rate changes mid-stream."""
+    """av.AudioResampler to 16 kHz mono float, rebuilt when the input format, layout or rate changes."""
 
     def __init__(self) -> None:
         self._resampler: av.AudioResampler | None = None
@@ -152,7 +158,7 @@ def _mono(frame: av.AudioFrame) -> np.ndarray:
     return frame.to_ndarray().reshape(-1).astype(np.float32, copy=False)
 
 
-# --- timing -------------------------------------------------------------------------------------------------------
+# --- timing -------------------------------------------------------------------------------------------------
 
 
 def frame_count(duration_s: float, fps: float | Fraction) -> int:
@@ -160,7 +166,7 @@ def frame_count(duration_s: float, fps: float | Fraction) -> int:
     return max(1, round(duration_s * float(fps)))
 
 
-# --- mouth openness -----------------------------------------------------------------------------------------------
+# --- mouth openness -----------------------------------------------------------------------------------------
 
 
 def mouth_openness(
@@ -168,9 +174,9 @@ def mouth_openness(
 ) -> np.ndarray:
     """How open the mouth is in each video frame, float32 (n_frames,) in [0, 1].
 
-    Speech-band (300-3400 Hz) RMS per frame, in dB, normalised to the recording's own robust peak so quiet and
-    loud recordings move alike; gated so silence (and near-silence, and loudness that never varies) is exactly 0;
-    smoothed with a fast attack and a slower release.
+    Speech-band (300-3400 Hz) RMS per frame, in dB, normalised to the recording's own robust peak so quiet
+    and loud recordings move alike; gated so silence (and near-silence, and loudness that never varies) is
+    exactly 0; smoothed with a fast attack and a slower release.
     """
     if n_frames <= 0:
         return np.zeros(0, np.float32)
@@ -225,7 +231,7 @@ def _attack_release(raw: np.ndarray, fps: float) -> np.ndarray:
     return out
 
 
-# --- Wav2Lip mel features -----------------------------------------------------------------------------------------
+# --- Wav2Lip mel features -----------------------------------------------------------------------------------
 
 
 def mel_spectrogram(samples: np.ndarray) -> np.ndarray:
@@ -234,21 +240,24 @@ def mel_spectrogram(samples: np.ndarray) -> np.ndarray:
     if x.size == 0:
         x = np.zeros(1)
     emphasised = np.concatenate([x[:1], x[1:] - PREEMPHASIS * x[:-1]])
-    magnitude = np.abs(_stft(emphasised))
-    mel = _mel_filterbank() @ magnitude
+    mel = _mel_magnitude(emphasised)
     db = 20.0 * np.log10(np.maximum(10.0 ** (MIN_LEVEL_DB / 20.0), mel)) - REF_LEVEL_DB
     norm = 2 * MAX_ABS_VALUE * ((db - MIN_LEVEL_DB) / -MIN_LEVEL_DB) - MAX_ABS_VALUE
     return np.clip(norm, -MAX_ABS_VALUE, MAX_ABS_VALUE).astype(np.float32)
 
 
-def _stft(x: np.ndarray) -> np.ndarray:
-    """librosa.stft(x, n_fft=800, hop_length=200, win_length=800) as Wav2Lip called it: centred, reflect-padded,
-    periodic Hann. Returns (1 + N_FFT // 2, 1 + len(x) // HOP_LENGTH) complex."""
+def _mel_magnitude(x: np.ndarray) -> np.ndarray:
+    """mel_basis @ |librosa.stft(x, n_fft=800, hop_length=200, win_length=800)| as Wav2Lip called it (centred,
+    reflect-padded, periodic Hann): (80, 1 + len(x) // HOP_LENGTH), computed in chunks to bound memory."""
     padded = np.pad(x, N_FFT // 2, mode="reflect" if x.size > 1 else "constant")
     n_frames = 1 + (padded.size - N_FFT) // HOP_LENGTH
     window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(WIN_LENGTH) / WIN_LENGTH)  # periodic Hann
-    idx = np.arange(n_frames)[:, None] * HOP_LENGTH + np.arange(N_FFT)
-    return np.fft.rfft(padded[idx] * window, axis=1).T
+    basis = _mel_filterbank()
+    out = np.empty((N_MELS, n_frames), np.float64)
+    for lo in range(0, n_frames, _CHUNK_FRAMES):
+        idx = np.arange(lo, min(lo + _CHUNK_FRAMES, n_frames))[:, None] * HOP_LENGTH + np.arange(N_FFT)
+        out[:, lo : lo + _CHUNK_FRAMES] = basis @ np.abs(np.fft.rfft(padded[idx] * window, axis=1)).T
+    return out
 
 
 def _hz_to_mel(hz):
@@ -283,8 +292,8 @@ def _mel_filterbank() -> np.ndarray:
 def mel_windows(mel: np.ndarray, fps: float | Fraction, n_frames: int) -> np.ndarray:
     """The 16-mel-frame window for each video frame: float32 (n_frames, 80, 16).
 
-    Frame i's window starts at mel frame int(i * 80 / fps); a window that would run past the end is the last 16
-    frames instead (right-aligned). A mel shorter than 16 frames is padded with silence first.
+    Frame i's window starts at mel frame int(i * 80 / fps); a window that would run past the end is the last
+    16 frames instead (right-aligned). A mel shorter than 16 frames is padded with silence first.
     """
     mel = np.asarray(mel, np.float32)
     if mel.shape[1] < MEL_STEP:
