@@ -42,7 +42,7 @@ from dhgen.options import RenderOptions, RunOptions
 from dhgen.results import JobRecord, utc_now
 from dhgen.runner import EventFn, fill_outcome, new_record
 from dhgen.workerproc import worker_main
-from dhgen.writer import partial_path
+from dhgen.writer import temp_path_for
 
 log = logging.getLogger(__name__)
 
@@ -573,7 +573,7 @@ def _signal_quietly(proc, signum) -> None:
 
 def _remove_partial(output: Path, pid: int | None) -> None:
     if pid is not None:
-        Path(partial_path(output, pid)).unlink(missing_ok=True)
+        temp_path_for(Path(output), pid).unlink(missing_ok=True)
 
 
 def _in_main_thread() -> bool:

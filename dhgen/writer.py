@@ -55,9 +55,9 @@ def aac_rate(rate: int) -> int:
     return rate if rate in AAC_RATES else AAC_FALLBACK_RATE
 
 
-def temp_path_for(target: Path) -> Path:
-    """The temp file beside `target` that a writer in this process fills before the rename."""
-    return target.with_name(f".{target.name}.{os.getpid()}.partial.mp4")
+def temp_path_for(target: Path, pid: int | None = None) -> Path:
+    """The temp file beside `target` that a writer in process `pid` (default: this one) fills before the rename."""
+    return target.with_name(f".{target.name}.{pid or os.getpid()}.partial.mp4")
 
 
 def output_error(exc: OSError, path: Path, doing: str) -> OutputError:
