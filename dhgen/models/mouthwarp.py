@@ -34,20 +34,23 @@ MASK_CORE = 0.62  # ... fully opaque out to this fraction of its radius, smooths
 LIGHT_HOLE_AX, LIGHT_HOLE_AY = 0.30, 0.13  # the mouth region left out of the light estimate
 
 # --- motion at openness 1, in fractions of the crop side --------------------------------------------------------
-JAW_DROP = 0.105  # the lower lip moves down this far
+JAW_DROP = 0.13  # the lower lip moves down this far
 LIP_RAISE = 0.022  # the upper lip moves up this far
-MOUTH_HALF_WIDTH = 0.215  # the opening fades out towards the mouth corners at this distance from the centre
+MOUTH_HALF_WIDTH = 0.25  # the lips part over this distance either side of the centre ...
+LIP_PROFILE = 1.3  # ... with this profile: (1 - (dx / MOUTH_HALF_WIDTH)^2)^LIP_PROFILE
+JAW_HALF_WIDTH = 0.26  # below the lower lip the motion fades sideways like exp(-(dx / JAW_HALF_WIDTH)^2)
 LOWER_LIP = 0.07  # below the lip line this band moves rigidly with the lip ...
 CHIN = 0.95  # ... and the motion fades to zero at this height
 UPPER_FADE = 0.11  # above the lip line the lift fades out over this distance
 
 # --- the mouth interior (BGR, at the reference brightness below; scaled by the local light) ----------------------
-INTERIOR_BGR = (0.075, 0.07, 0.17)  # back of the mouth: dark, slightly red
-TONGUE_BGR = (0.20, 0.19, 0.40)
+INTERIOR_BGR = (0.075, 0.08, 0.19)  # back of the mouth: dark, slightly red
+TONGUE_BGR = (0.22, 0.25, 0.50)
 TEETH_BGR = (0.70, 0.76, 0.80)
 TEETH_HEIGHT = 0.028  # upper teeth band height (fraction of the crop side) when the mouth is wide open
 REFERENCE_LUMA = 0.55  # a face lit at this luminance gets the colours above as they are
-EDGE_SOFTNESS = 1.2  # anti-aliasing width of the interior's outline, pixels at 128
+EDGE_SOFTNESS = 1.6  # anti-aliasing width of the interior's outline, in pixels
+LIGHT_GRID = 16  # the light is compared on a LIGHT_GRID x LIGHT_GRID grid of cells (8 px cells at 128)
 
 
 def smoothstep(edge0: float, edge1: float, x: torch.Tensor) -> torch.Tensor:
@@ -59,22 +62,27 @@ def ellipse_radius(xs, ys, cx, cy, ax, ay) -> torch.Tensor:
     return torch.sqrt(((xs - cx) / ax) ** 2 + ((ys - cy) / ay) ** 2)
 
 
-def lowpass(img: torch.Tensor, factor: int) -> torch.Tensor:
-    """A smooth, heavily blurred copy: average-pool by `factor`, blur 3x3, upsample bilinearly."""
-    size = img.shape[-2:]
-    small = F.avg_pool2d(img, factor)
-    small = F.avg_pool2d(F.pad(small, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
-    return F.interpolate(small, size=size, mode="bilinear", align_corners=False)
+def blur3(small: torch.Tensor) -> torch.Tensor:
+    return F.avg_pool2d(F.pad(small, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
 
 
-def relight(live: torch.Tensor, ref: torch.Tensor, weight: torch.Tensor, factor: int) -> torch.Tensor:
-    """`ref` with the low-frequency light of `live`; pixels with weight 0 do not influence the estimate."""
-    gain = (lowpass(live * weight, factor) + 1e-3) / (lowpass(ref * weight, factor) + 1e-3)
-    return ref * gain.clamp(0.4, 2.5)
+def lip_lateral(xs: torch.Tensor) -> torch.Tensor:
+    """The share of the lips' motion each column gets: 1 at the centre, 0 beyond the mouth corners."""
+    return (1.0 - ((xs - LIP_X) / MOUTH_HALF_WIDTH).clamp(-1.0, 1.0) ** 2) ** LIP_PROFILE
+
+
+def row_band(active: torch.Tensor) -> tuple[int, int]:
+    """First and one-past-last row index where a (S, S) boolean map has any True."""
+    rows = torch.nonzero(active.any(dim=1)).flatten()
+    return int(rows.min()), int(rows.max()) + 1
 
 
 class MouthWarp(nn.Module):
-    """Batched, weight-free mouth re-animation of `size` x `size` lower-face crops."""
+    """Batched, weight-free mouth re-animation of `size` x `size` lower-face crops.
+
+    Everything that depends only on the crop size (mask, motion profiles, the row bands the motion and the
+    interior can reach) is computed once here; a forward pass then touches those bands only.
+    """
 
     def __init__(self, size: int = 128) -> None:
         super().__init__()
@@ -83,64 +91,102 @@ class MouthWarp(nn.Module):
         ys, xs = torch.meshgrid(coords, coords, indexing="ij")
         mask = 1.0 - smoothstep(MASK_CORE, 1.0, ellipse_radius(xs, ys, MASK_CX, MASK_CY, MASK_AX, MASK_AY))
         hole = smoothstep(0.7, 1.0, ellipse_radius(xs, ys, LIP_X, LIP_Y, LIGHT_HOLE_AX, LIGHT_HOLE_AY))
-        self.register_buffer("xs", xs[None, None], persistent=False)
-        self.register_buffer("ys", ys[None, None], persistent=False)
-        self.register_buffer("mask", mask[None, None], persistent=False)
-        self.register_buffer("light_weight", hole[None, None], persistent=False)
-        self.register_buffer("alpha", torch.round(mask * 255.0).to(torch.uint8), persistent=False)
-        self.lowpass_factor = max(1, size // 16)
+        self._buffer("alpha", torch.round(mask * 255.0).to(torch.uint8))
+        self._buffer("light_weight", F.adaptive_avg_pool2d(hole[None, None], 2 * LIGHT_GRID))
+        self._motion_maps(xs, ys, mask)
+        self._interior_maps(coords)
+
+    def _buffer(self, name: str, value: torch.Tensor) -> None:
+        self.register_buffer(name, value.contiguous(), persistent=False)
+
+    def _motion_maps(self, xs, ys, mask) -> None:
+        """Per-pixel lip/jaw displacement at openness 1, over the rows where it is non-zero."""
+        lips = lip_lateral(xs)
+        jaw = torch.exp(-(((xs - LIP_X) / JAW_HALF_WIDTH) ** 2))
+        side = torch.lerp(lips, jaw, smoothstep(LIP_Y + 0.02, LIP_Y + LOWER_LIP + 0.04, ys)) * mask
+        fall = 0.5 + 0.5 * torch.cos(math.pi * smoothstep(LIP_Y + LOWER_LIP, CHIN, ys))
+        drop = torch.where(ys >= LIP_Y, JAW_DROP * side * fall, 0.0)
+        lift = torch.where(ys < LIP_Y, LIP_RAISE * side * (1.0 - smoothstep(0.0, UPPER_FADE, LIP_Y - ys)), 0.0)
+        r0, r1 = row_band((drop > 0) | (lift > 0))
+        self.warp_rows = (r0, r1)
+        self._buffer("warp_xs", xs[None, None, r0:r1])
+        self._buffer("warp_ys", ys[None, None, r0:r1])
+        self._buffer("drop", drop[None, None, r0:r1])
+        self._buffer("lift", lift[None, None, r0:r1])
+
+    def _interior_maps(self, coords) -> None:
+        """Column profiles of the opening and the rows the interior can cover at openness 1."""
+        xs = coords[None, None, None, :]
+        self._buffer("lip_profile", lip_lateral(xs))
+        self._buffer("centre", torch.exp(-(((xs - LIP_X) / MOUTH_HALF_WIDTH) ** 2) * 2.5))
+        soft = EDGE_SOFTNESS / self.size
+        reach = (coords > LIP_Y - LIP_RAISE - soft) & (coords < LIP_Y + JAW_DROP + soft)
+        r0, r1 = row_band(reach[:, None])
+        self.paint_rows = (r0, r1)
+        self._buffer("paint_ys", coords[None, None, r0:r1, None])
+        for name, bgr in (("interior_bgr", INTERIOR_BGR), ("tongue_bgr", TONGUE_BGR), ("teeth_bgr", TEETH_BGR)):
+            self._buffer(name, torch.tensor(bgr, dtype=torch.float32).reshape(1, 3, 1, 1))
 
     def forward(self, crops: torch.Tensor, refs: torch.Tensor, cond: torch.Tensor):
         """uint8 (B, S, S, 3) crops and refs, float (B,) openness -> uint8 (B, S, S, 3) patches, (B, S, S) alphas."""
-        live = crops.permute(0, 3, 1, 2).float() / 255.0
-        ref = refs.permute(0, 3, 1, 2).float() / 255.0
+        live = crops.permute(0, 3, 1, 2).float().div_(255.0)
+        ref = refs.permute(0, 3, 1, 2).float().div_(255.0)
         openness = cond.float().reshape(-1, 1, 1, 1).clamp(0.0, 1.0)
-        neutral = relight(live, ref, self.light_weight, self.lowpass_factor)
-        opened, top, bottom = self.open_jaw(neutral, openness)
-        light = lowpass(live, self.lowpass_factor).mean(dim=1, keepdim=True)
-        out = self.paint_interior(opened, top, bottom, openness, light)
-        patches = (out * 255.0 + 0.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+        gain, light = self.light(live, ref)
+        out = self.open_jaw(ref.mul_(gain), openness)
+        self.paint_interior(out, openness, light)
+        patches = out.mul_(255.0).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
         return patches.contiguous(), self.alpha.expand(len(crops), -1, -1)
 
-    def lateral(self) -> torch.Tensor:
-        """How much of the full motion each column gets: 1 at the mouth centre, small at the corners."""
-        return torch.exp(-(((self.xs - LIP_X) / MOUTH_HALF_WIDTH) ** 2) * 1.4)
+    def light(self, live: torch.Tensor, ref: torch.Tensor):
+        """Low-frequency gain ref -> live (the mouth left out of the estimate) and the live luminance, full size.
 
-    def open_jaw(self, img: torch.Tensor, openness: torch.Tensor):
-        """Warp lips and jaw apart; returns the warped image and the inner lip edges (y fractions, B1HW)."""
-        ys = self.ys
-        side = self.lateral() * self.mask
-        fall = 0.5 + 0.5 * torch.cos(math.pi * smoothstep(LIP_Y + LOWER_LIP, CHIN, ys))
-        drop = JAW_DROP * openness * side * fall
-        lift = LIP_RAISE * openness * side * (1.0 - smoothstep(0.0, UPPER_FADE, LIP_Y - ys))
-        # Backward map: each output row reads the source row the motion brought there; rows inside the gap read
-        # the lip line itself, so the opening starts from the lips' own seam colour before it is painted over.
-        src_y = torch.where(ys >= LIP_Y, (ys - drop).clamp(min=LIP_Y), (ys + lift).clamp(max=LIP_Y))
-        grid = torch.stack([self.xs.expand_as(src_y), src_y], dim=-1)[:, 0] * 2.0 - 1.0
-        warped = F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        lip_side = self.lateral()
-        return warped, LIP_Y - LIP_RAISE * openness * lip_side, LIP_Y + JAW_DROP * openness * lip_side
+        Both crops are averaged onto a 2*LIGHT_GRID grid first; the mouth weight is applied there (close enough
+        to weighting full-size pixels for an 8-pixel light grid, and it keeps the full-size work to one pass).
+        """
+        w = self.light_weight
+        live2, ref2 = (F.adaptive_avg_pool2d(t, 2 * LIGHT_GRID) for t in (live, ref))
+        cells = [F.avg_pool2d(t, 2) for t in (live2 * w, ref2 * w, live2)]
+        live_w, ref_w, plain = (blur3(c) for c in cells)
+        gain = ((live_w + 1e-3) / (ref_w + 1e-3)).clamp(0.4, 2.5)
+        small = torch.cat([gain, plain.mean(dim=1, keepdim=True)], dim=1)
+        full = F.interpolate(small, size=live.shape[-2:], mode="bilinear", align_corners=False)
+        return full[:, :3], full[:, 3:]
 
-    def paint_interior(self, img, top, bottom, openness, light):
-        """Blend a dark mouth interior (teeth, tongue hints) into the gap between `top` and `bottom`."""
-        ys, size = self.ys, self.size
-        soft = EDGE_SOFTNESS / 128.0 * max(1.0, 128.0 / size)
+    def open_jaw(self, img: torch.Tensor, openness: torch.Tensor) -> torch.Tensor:
+        """Warp lips and jaw apart (backward map over the rows that move), in place; returns `img`."""
+        r0, r1 = self.warp_rows
+        ys = self.warp_ys
+        # Each output row reads the source row the motion brought there; rows inside the gap read the lip line
+        # itself, so the opening starts from the lips' own seam colour before the interior is painted over it.
+        src_y = torch.where(
+            ys >= LIP_Y, (ys - self.drop * openness).clamp(min=LIP_Y), (ys + self.lift * openness).clamp(max=LIP_Y)
+        )
+        grid = torch.stack([self.warp_xs.expand_as(src_y), src_y], dim=-1)[:, 0] * 2.0 - 1.0
+        band = F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        img[:, :, r0:r1] = band
+        return img
+
+    def paint_interior(self, img: torch.Tensor, openness: torch.Tensor, light: torch.Tensor) -> None:
+        """Blend, in place, a dark mouth interior (teeth and tongue hints) into the gap between the lips."""
+        r0, r1 = self.paint_rows
+        ys, centre = self.paint_ys, self.centre
+        top = LIP_Y - LIP_RAISE * openness * self.lip_profile
+        bottom = LIP_Y + JAW_DROP * openness * self.lip_profile
+        soft = EDGE_SOFTNESS / self.size
         inside = (torch.minimum(ys - top, bottom - ys) / soft).clamp(0.0, 1.0)
         height = (bottom - top).clamp(min=1e-6)
         t = ((ys - top) / height).clamp(0.0, 1.0)  # 0 at the upper lip, 1 at the lower lip
-        centre = torch.exp(-(((self.xs - LIP_X) / MOUTH_HALF_WIDTH) ** 2) * 2.0)
-        colour = self.colour(INTERIOR_BGR, img) * (0.55 + 0.45 * (1.0 - centre * (1.0 - t) * t * 4.0))
-        tongue = smoothstep(0.55, 1.0, t) * centre * smoothstep(0.3, 1.0, openness) * 0.8
-        colour = torch.lerp(colour, self.colour(TONGUE_BGR, img), tongue)
-        teeth_rows = (TEETH_HEIGHT * smoothstep(0.15, 0.8, openness) - (ys - top)) / soft
-        teeth = teeth_rows.clamp(0.0, 1.0) * smoothstep(0.2, 0.9, centre) * 0.85
-        colour = torch.lerp(colour, self.colour(TEETH_BGR, img), teeth)
-        lit = colour * (light / REFERENCE_LUMA).clamp(0.25, 1.6)
-        return torch.lerp(img, lit, inside)
-
-    @staticmethod
-    def colour(bgr, like: torch.Tensor) -> torch.Tensor:
-        return torch.tensor(bgr, dtype=like.dtype, device=like.device).reshape(1, 3, 1, 1)
+        # Darkest in the corners and just under the upper teeth; lighter and redder towards the tongue.
+        colour = self.interior_bgr * (0.6 + 0.4 * centre) * (0.8 + 0.5 * t * centre)
+        tongue = smoothstep(0.5, 1.0, t) * centre * smoothstep(0.2, 1.0, openness) * 0.7
+        colour = torch.lerp(colour, self.tongue_bgr, tongue)
+        teeth_height = torch.minimum(TEETH_HEIGHT * smoothstep(0.1, 0.7, openness), 0.35 * height)
+        teeth = ((teeth_height - (ys - top)) / soft).clamp(0.0, 1.0) * smoothstep(0.15, 0.8, centre) * 0.9
+        colour = torch.lerp(colour, self.teeth_bgr.expand_as(colour), teeth)
+        lit = colour * (light[:, :, r0:r1] / REFERENCE_LUMA).clamp(0.25, 1.6)
+        band = img[:, :, r0:r1]
+        band.copy_(torch.lerp(band, lit, inside))
 
 
 def build_model(options, device: str) -> MouthWarp:

@@ -1,0 +1,147 @@
+"""Model loading and batched prediction: devices, shapes, and a CUDA OOM surfacing as a retryable error."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from dhgen.errors import ModelLoadError, OutOfMemory, UsageError
+from dhgen.inference import Predictor, load_predictor, resolve_device
+from dhgen.models import CropBatch, get_spec
+from dhgen.models.mouthwarp import MouthWarp
+from dhgen.options import ModelOptions
+
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without CUDA")
+gpu = pytest.mark.gpu
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def crop_batch(n: int, size: int = 128, seed: int = 0) -> CropBatch:
+    rng = np.random.default_rng(seed)
+    crops = rng.integers(90, 220, (n, size, size, 3), dtype=np.uint8)
+    return CropBatch(crops=crops, refs=crops.copy(), cond=np.linspace(0, 1, n, dtype=np.float32))
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    return load_predictor(ModelOptions(name="mouthwarp", device="cpu"))
+
+
+def test_predict_on_cpu_returns_uint8_patches_and_alphas(predictor):
+    out = predictor.predict(crop_batch(5))
+    assert predictor.spec.name == "mouthwarp" and predictor.spec.crop_size == 128
+    assert out.patches.dtype == np.uint8 and out.patches.shape == (5, 128, 128, 3)
+    assert out.alphas.dtype == np.uint8 and out.alphas.shape == (5, 128, 128)
+    assert out.patches.flags.c_contiguous and out.alphas.flags.c_contiguous
+    assert out.alphas.max() == 255 and out.alphas[:, 0].max() == 0
+
+
+def test_predict_is_deterministic_and_handles_an_empty_batch(predictor):
+    batch = crop_batch(3, seed=1)
+    np.testing.assert_array_equal(predictor.predict(batch).patches, predictor.predict(batch).patches)
+    empty = predictor.predict(crop_batch(0))
+    assert empty.patches.shape == (0, 128, 128, 3) and empty.alphas.shape == (0, 128, 128)
+
+
+def test_predict_rejects_crops_of_the_wrong_size(predictor):
+    with pytest.raises(ValueError, match="128"):
+        predictor.predict(crop_batch(2, size=96))
+
+
+def test_auto_device_is_cpu_without_cuda():
+    if torch.cuda.is_available():
+        assert resolve_device("auto") == "cuda"
+    else:
+        assert resolve_device("auto") == "cpu"
+    assert resolve_device("cpu") == "cpu"
+
+
+@no_cuda
+@pytest.mark.parametrize("name", ["cuda", "cuda:7"])
+def test_cuda_device_without_cuda_is_a_usage_error_with_a_hint(name):
+    with pytest.raises(UsageError) as err:
+        resolve_device(name)
+    assert name in err.value.message and "CUDA is not available" in err.value.message
+    assert "--device cpu" in err.value.hint
+
+
+@pytest.mark.parametrize("name", ["tpu", "cuda:x", "gpu:0"])
+def test_unknown_device_names_are_usage_errors(name):
+    with pytest.raises(UsageError, match="unknown device"):
+        resolve_device(name)
+
+
+def test_unknown_model_is_a_usage_error():
+    with pytest.raises(UsageError, match="unknown model"):
+        load_predictor(ModelOptions(name="nope", device="cpu"))
+
+
+def test_cuda_oom_inside_the_model_surfaces_as_out_of_memory(predictor, monkeypatch):
+    def forward(self, crops, refs, cond):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(MouthWarp, "forward", forward)
+    with pytest.raises(OutOfMemory) as err:
+        predictor.predict(crop_batch(4))
+    assert err.value.retryable and err.value.to_record()["type"] == "OutOfMemory"
+    assert "batch of 4" in err.value.message and "--batch-size" in err.value.hint
+    assert isinstance(err.value.__cause__, torch.cuda.OutOfMemoryError)
+
+
+def test_other_model_errors_pass_through_unchanged(predictor, monkeypatch):
+    def forward(self, crops, refs, cond):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(MouthWarp, "forward", forward)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        predictor.predict(crop_batch(2))
+
+
+def test_load_predictor_uses_the_model_modules_build_model_hook(monkeypatch):
+    calls = []
+
+    def build_model(options, device):
+        calls.append((options.checkpoint, device))
+        return MouthWarp(96)
+
+    fake = types.ModuleType("dhgen.models.wav2lip")
+    fake.build_model = build_model
+    monkeypatch.setitem(sys.modules, "dhgen.models.wav2lip", fake)
+    predictor = load_predictor(ModelOptions(name="wav2lip", checkpoint="w.pth", device="cpu"))
+    assert calls == [("w.pth", "cpu")] and predictor.spec.crop_size == 96
+    batch = crop_batch(2, size=96)
+    batch.cond = np.zeros(2, np.float32)
+    assert predictor.predict(batch).patches.shape == (2, 96, 96, 3)
+
+
+def test_load_predictor_prefers_a_build_predictor_hook(monkeypatch):
+    def build_predictor(options, device):
+        return Predictor(get_spec("wav2lip"), MouthWarp(96), device)
+
+    fake = types.ModuleType("dhgen.models.wav2lip")
+    fake.build_predictor = build_predictor
+    fake.build_model = None  # not called when build_predictor exists
+    monkeypatch.setitem(sys.modules, "dhgen.models.wav2lip", fake)
+    predictor = load_predictor(ModelOptions(name="wav2lip", checkpoint="w.pth", device="cpu"))
+    assert predictor.spec.name == "wav2lip" and predictor.device.type == "cpu"
+
+
+def test_a_model_module_that_is_missing_is_a_model_load_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "dhgen.models.wav2lip", None)  # import of this name fails
+    with pytest.raises(ModelLoadError, match="wav2lip"):
+        load_predictor(ModelOptions(name="wav2lip", checkpoint="w.pth", device="cpu"))
+
+
+@gpu
+@needs_cuda
+def test_cuda_matches_cpu():
+    batch = crop_batch(8, seed=2)
+    cpu = load_predictor(ModelOptions(device="cpu")).predict(batch)
+    cuda = load_predictor(ModelOptions(device="cuda")).predict(batch)
+    np.testing.assert_array_equal(cuda.alphas, cpu.alphas)
+    diff = np.abs(cuda.patches.astype(int) - cpu.patches)
+    assert diff.max() <= 2 and diff.mean() < 0.05
