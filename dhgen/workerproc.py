@@ -72,7 +72,7 @@ def worker_main(conn: Connection, options: ModelOptions, parent_pid: int, crash_
     adaptive = AdaptivePredictor(
         predictor, options.batch_size, lambda limit, why: conn.send(("oom", {"batch_size": limit, "message": why}))
     )
-    conn.send(("ready", {"pid": os.getpid(), "device": getattr(predictor, "device", options.device)}))
+    conn.send(("ready", {"pid": os.getpid(), "device": str(getattr(predictor, "device", options.device))}))
     _serve(conn, adaptive)
 
 
