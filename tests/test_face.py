@@ -1,0 +1,184 @@
+"""Face tracking: the astronaut is found and followed, no face is a typed error, tracks are cached per avatar."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from dhgen.avatar import iter_first_frames, probe_avatar
+from dhgen.errors import NoFaceError
+from dhgen.face import detect_track, interpolate_boxes, mouth_openness, track_faces
+from dhgen.options import FaceOptions
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def expected_face_centres(n: int, size: int = 256) -> np.ndarray:
+    """Where the portrait's face centre lands in each avatar.mp4 frame, from the fixture script's camera motion."""
+    spec = importlib.util.spec_from_file_location("make_video_fixtures", FIXTURES / "make_video_fixtures.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    portrait = cv2.imread(str(FIXTURES / "portrait.png"))
+    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+    faces = cascade.detectMultiScale(cv2.cvtColor(portrait, cv2.COLOR_BGR2GRAY), 1.1, 5)
+    x, y, w, h = max(faces, key=lambda b: b[2])
+    out = []
+    for t in range(n):
+        cx, cy, scale = script.camera(t, n, portrait.shape)  # frame pixel p shows portrait pixel c + scale * (p - S/2)
+        out.append(((x + w / 2 - cx) / scale + size / 2, (y + h / 2 - cy) / scale + size / 2))
+    return np.array(out)
+
+
+@pytest.fixture
+def options(tmp_path) -> FaceOptions:
+    return FaceOptions(cache_dir=tmp_path / "faces")
+
+
+def centres(boxes: np.ndarray) -> np.ndarray:
+    return boxes[:, :2] + boxes[:, 2:] / 2
+
+
+def test_astronaut_is_found_in_every_frame_and_followed(options):
+    info = probe_avatar(FIXTURES / "avatar.mp4")
+    track = track_faces(info, 50, options)
+    assert track.boxes.shape == (50, 4) and track.boxes.dtype == np.float32
+    assert not np.isnan(track.boxes).any()
+    tracked, expected = centres(track.boxes), expected_face_centres(50)
+    assert np.abs(tracked - expected).max() < 4.0  # the camera drifts +-10 px sideways, +-5 px up and down
+    assert np.ptp(tracked[:, 0]) > 12  # the box really moves with the face
+    assert np.corrcoef(tracked[:, 0], expected[:, 0])[0, 1] > 0.9
+    assert np.corrcoef(tracked[:, 1], expected[:, 1])[0, 1] > 0.8
+    assert 60 < track.boxes[:, 2].mean() < 95  # the face is ~80 px in a 256 px frame
+
+
+def test_reference_frame_is_a_detected_frame_of_the_avatar(options):
+    info = probe_avatar(FIXTURES / "avatar.mp4")
+    track = track_faces(info, 50, options)
+    frames = dict(iter_first_frames(info, 50))
+    assert track.reference_index % options.stride == 0 or track.reference_index == 49
+    assert np.array_equal(track.reference_frame, frames[track.reference_index])
+    assert not np.isnan(track.boxes[track.reference_index]).any()
+
+
+def test_reference_prefers_the_closed_mouth():
+    portrait = cv2.imread(str(FIXTURES / "portrait.png"))
+    open_mouth = portrait.copy()
+    cv2.ellipse(open_mouth, (144, 121), (13, 8), 0, 0, 360, (25, 20, 30), -1)  # a dark, open mouth
+    frames = [(0, open_mouth), (5, portrait), (10, open_mouth)]
+    track = detect_track(frames, 11, FaceOptions(stride=5))
+    assert track.reference_index == 5
+    assert track.reference_frame is not None and np.array_equal(track.reference_frame, portrait)
+
+
+def test_mouth_openness_sees_a_dark_mouth():
+    face = np.full((100, 100), 170, np.uint8)
+    closed = mouth_openness(face, (0, 0, 100, 100))
+    face[75:90, 35:65] = 20
+    assert mouth_openness(face, (0, 0, 100, 100)) > closed + 0.2
+
+
+@pytest.mark.parametrize("name", ["avatar_rotated.mp4", "avatar_odd.mp4", "avatar.webm", "portrait.png"])
+def test_face_found_in_other_avatars(name, options):
+    # The Haar cascade finds only upright faces: on avatar_rotated.mp4 this checks the rotation's direction.
+    info = probe_avatar(FIXTURES / name)
+    track = track_faces(info, 1000, options)
+    assert len(track.boxes) == info.n_frames and not np.isnan(track.boxes).any()
+    x, y, w, h = np.nanmean(track.boxes, axis=0)
+    assert 0 <= x and x + w <= info.width and 0 <= y and y + h <= info.height
+    assert y + h / 2 < info.height * 0.6  # the face is in the upper part of an upright portrait
+
+
+def test_no_face_is_a_no_face_error_naming_the_file(options):
+    info = probe_avatar(FIXTURES / "noface.mp4")
+    with pytest.raises(NoFaceError) as err:
+        track_faces(info, 10, options)
+    assert "noface.mp4" in err.value.message
+
+
+def test_second_track_comes_from_cache_and_is_faster(options):
+    info = probe_avatar(FIXTURES / "avatar.mp4")
+    start = time.perf_counter()
+    first = track_faces(info, 50, options)
+    detect_s = time.perf_counter() - start
+    start = time.perf_counter()
+    second = track_faces(info, 50, options)
+    cached_s = time.perf_counter() - start
+    assert not first.from_cache and second.from_cache
+    assert cached_s < detect_s / 2
+    assert np.array_equal(first.boxes, second.boxes)
+    assert second.reference_index == first.reference_index
+    assert np.array_equal(second.reference_frame, first.reference_frame)
+    assert len(list(options.cache_dir.glob("*.npz"))) == 1
+    assert not list(options.cache_dir.glob("*.tmp"))
+
+
+def test_cache_lives_under_xdg_cache_home_by_default(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    track_faces(probe_avatar(FIXTURES / "portrait.png"), 1, FaceOptions())
+    assert list((tmp_path / "xdg" / "dhgen").glob("*.npz"))
+
+
+def test_cache_covering_fewer_frames_is_not_used(options):
+    info = probe_avatar(FIXTURES / "avatar.mp4")
+    assert not track_faces(info, 20, options).from_cache
+    assert track_faces(info, 10, options).from_cache  # covers 20 >= 10
+    longer = track_faces(info, 50, options)
+    assert not longer.from_cache and len(longer.boxes) == 50
+    assert track_faces(info, 50, options).from_cache
+
+
+def test_cache_is_keyed_by_content_and_settings(tmp_path, options):
+    info = probe_avatar(FIXTURES / "avatar.mp4")
+    track_faces(info, 50, options)
+    assert not track_faces(info, 50, FaceOptions(stride=3, cache_dir=options.cache_dir)).from_cache
+    copy = tmp_path / "renamed.mp4"
+    copy.write_bytes((FIXTURES / "avatar.mp4").read_bytes())
+    assert track_faces(probe_avatar(copy), 50, options).from_cache  # same bytes, other name: same track
+
+
+def test_corrupt_cache_entry_is_ignored_and_rewritten(options):
+    info = probe_avatar(FIXTURES / "avatar.mp4")
+    good = track_faces(info, 50, options)
+    (entry,) = options.cache_dir.glob("*.npz")
+    entry.write_bytes(b"PK\x03\x04 not really a zip file")
+    again = track_faces(info, 50, options)
+    assert not again.from_cache and np.array_equal(again.boxes, good.boxes)
+    assert track_faces(info, 50, options).from_cache
+
+
+def test_unwritable_cache_still_tracks(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    track = track_faces(probe_avatar(FIXTURES / "portrait.png"), 1, FaceOptions(cache_dir=blocker / "faces"))
+    assert not track.from_cache and len(track.boxes) == 1
+
+
+# --- interpolation (pure) ------------------------------------------------------------------------------------------
+
+
+def test_boxes_are_interpolated_between_detections():
+    boxes = interpolate_boxes({0: (0, 0, 10, 10), 5: (10, 20, 10, 10)}, 6, stride=5, smooth=0.0)
+    assert np.allclose(boxes[:, 0], [0, 2, 4, 6, 8, 10])
+    assert np.allclose(boxes[:, 1], [0, 4, 8, 12, 16, 20])
+
+
+def test_frames_far_from_any_detection_are_nan():
+    boxes = interpolate_boxes({0: (0, 0, 10, 10), 20: (50, 0, 10, 10)}, 30, stride=5, smooth=0.0)
+    missing = np.isnan(boxes).any(axis=1)
+    assert missing.tolist() == [i not in range(0, 6) and i not in range(15, 26) for i in range(30)]
+    assert np.allclose(boxes[3], (0, 0, 10, 10))  # across a long gap a frame keeps its nearer detection
+    assert np.allclose(boxes[17], (50, 0, 10, 10))
+
+
+def test_smoothing_removes_jitter_but_keeps_a_steady_motion():
+    idx = np.arange(0, 100, 5)
+    sizes = 80 + 4.0 * (-1) ** np.arange(len(idx))  # Haar boxes jump in size around a steady centre
+    found = {int(i): (i + 40 - s / 2, 10.0, float(s), float(s)) for i, s in zip(idx, sizes, strict=True)}
+    boxes = interpolate_boxes(found, 96, stride=5, smooth=0.6)
+    assert np.allclose(centres(boxes)[:, 0], np.arange(96) + 40, atol=0.5)  # the moving centre follows
+    assert np.ptp(boxes[:, 2]) < 0.5 * np.ptp(sizes)  # the size jitter is damped
