@@ -86,5 +86,5 @@ class Channel:
         while (message := self._outbox.get()) is not None:
             try:
                 self.conn.send(message)
-            except (OSError, ValueError):
+            except (OSError, ValueError, TypeError):  # closed under us (TypeError: handle already None)
                 return

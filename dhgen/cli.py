@@ -7,6 +7,7 @@ Only this module knows about typer and the terminal. Exit codes (DESIGN.md): 0 a
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from enum import Enum
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from dhgen.errors import DhgenError, OutputError, RunLocked, UsageError
+from dhgen.errors import DhgenError, Interrupted, OutputError, RunLocked, UsageError
 from dhgen.manifest import Job, read_manifest, single_job
 from dhgen.options import AvatarOptions, EncodeOptions, FaceOptions, ModelOptions, RenderOptions, RunOptions
 
@@ -105,6 +106,9 @@ def _run(job_list: list[Job], options: RenderOptions, run: RunOptions, progress:
         summary = render_jobs(job_list, options, run, on_event=_plain_events)
     except RunLocked as exc:
         _fail(exc, EXIT_LOCKED)
+    except Interrupted as exc:
+        typer.echo(f"stopped by {signal.Signals(exc.signum).name}; finished jobs are in the result log", err=True)
+        raise typer.Exit(128 + exc.signum) from None
     except OutputError as exc:
         _fail(exc, EXIT_FAILED)
     return summary.exit_code
@@ -158,3 +162,7 @@ def _setup_logging(level: str) -> None:
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -54,6 +54,14 @@ class ManifestError(UsageError):
     default_hint = "a manifest is CSV with header `id,audio,avatar[,output]` or JSON Lines with those keys"
 
 
+class Interrupted(Exception):
+    """The run was stopped by SIGINT or SIGTERM: finished jobs are recorded, the rest are not (exit 128+signum)."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"stopped by signal {signum}")
+
+
 class RunLocked(DhgenError):
     """Another dhgen run holds the lock on the output folder (exit 75)."""
 

@@ -42,17 +42,18 @@ class RemoteInference:
 
 
 def remote_error(record: dict) -> DhgenError:
-    """Rebuild a DhgenError from its record (the traceback, if any, rides along in the message's record)."""
-    cls = error_class(record.get("type", ""))
-    exc = cls(record.get("message", ""), hint=record.get("hint"))
-    exc.record_extra = {k: v for k, v in record.items() if k in ("traceback", "pid")}
+    """An exception to raise in the job for a failure that happened elsewhere; its record travels unchanged."""
+    exc = error_class(record.get("type", ""))(record.get("message", ""), hint=record.get("hint"))
+    exc.remote_record = record
     return exc
 
 
 def failure_record(exc: BaseException) -> dict:
+    """The result-log form of a failure, with the traceback of whatever caused it."""
+    if hasattr(exc, "remote_record"):
+        return exc.remote_record
     if isinstance(exc, DhgenError):
         record = exc.to_record()
-        record.update(getattr(exc, "record_extra", {}))
         if "traceback" not in record and exc.__cause__ is not None:
             record["traceback"] = "".join(traceback.format_exception(exc.__cause__)).strip()
         return record

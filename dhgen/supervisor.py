@@ -35,7 +35,7 @@ from pathlib import Path
 
 from dhgen.channel import EOF_MESSAGE, Channel, Inbox
 from dhgen.children import crash_tail, describe_exit
-from dhgen.errors import JobProcessCrashed, JobTimeout, OutOfMemory, Stalled, WorkerCrashed
+from dhgen.errors import Interrupted, JobProcessCrashed, JobTimeout, OutOfMemory, Stalled, WorkerCrashed
 from dhgen.jobproc import job_main
 from dhgen.manifest import Job
 from dhgen.options import RenderOptions, RunOptions
@@ -51,14 +51,6 @@ PROGRESS_EVERY_S = 1.0  # job_progress events per job at most this often
 WORKER_DISPATCH_DEPTH = 2  # batches queued on a worker at once, so it never waits for the next
 MAX_FRUITLESS_RESTARTS = 3  # workers that die before serving anything, in a row, before giving up
 STOP_GRACE_S = 3.0  # after SIGTERM to children, before SIGKILL
-
-
-class Interrupted(Exception):
-    """The run was stopped by SIGINT or SIGTERM; finished jobs are recorded, the rest are not."""
-
-    def __init__(self, signum: int) -> None:
-        self.signum = signum
-        super().__init__(signal.Signals(signum).name)
 
 
 @dataclass
@@ -112,6 +104,7 @@ class _Worker:
     in_flight: dict = field(default_factory=dict)  # dispatch id -> [_Item]
     served: int = 0
     stalled: bool = False
+    last_event: float = 0.0  # when worker_progress was last emitted
 
 
 class Supervisor:
@@ -282,6 +275,10 @@ class Supervisor:
             _, dispatch_id, results = message
             worker.served += 1
             self._fruitless = 0
+            if worker.last_reply - worker.last_event >= PROGRESS_EVERY_S:
+                worker.last_event = worker.last_reply
+                served = {"worker": worker.index, "pid": worker.proc.pid, "served": worker.served}
+                self._emit({"event": "worker_progress", **served})
             for item, patches in zip(worker.in_flight.pop(dispatch_id, []), results, strict=True):
                 self._deliver(item, ("patches", item.ticket, patches))
         elif kind == "error":

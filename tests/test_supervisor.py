@@ -1,0 +1,257 @@
+"""Supervision with real processes and real signals: kills, stops, crashes, interrupts, locks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import av
+import pytest
+
+from dhgen.manifest import Job
+from dhgen.options import RenderOptions, RunOptions
+from dhgen.runner import render
+
+from conftest import FIXTURES
+
+AUDIO = FIXTURES / "speech.wav"  # 4.4 s: long enough to hit a job mid-render
+SHORT_AUDIO = FIXTURES / "speech.m4a"  # 2 s
+AVATAR = FIXTURES / "avatar.mp4"
+DHGEN = [sys.executable, "-m", "dhgen.cli"]
+
+
+class EventWatcher:
+    """Collects events from the supervisor; a background thread can wait for one and act (kill, stop)."""
+
+    def __init__(self) -> None:
+        self.events: list[dict] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, event: dict) -> None:
+        with self._cond:
+            self.events.append({**event, "_t": time.monotonic()})
+            self._cond.notify_all()
+
+    def wait_for(self, predicate, timeout: float = 60.0) -> dict:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for event in self.events:
+                    if predicate(event):
+                        return event
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("event not seen")
+                self._cond.wait(left)
+
+    def act(self, action) -> threading.Thread:
+        thread = threading.Thread(target=action, daemon=True)
+        thread.start()
+        return thread
+
+
+def _jobs(tmp_path: Path, n: int, audio: Path = AUDIO) -> list[Job]:
+    return [Job(f"j{i}", audio, AVATAR, tmp_path / f"j{i}.mp4") for i in range(n)]
+
+
+def _run(tmp_path, jobs, watcher, **run_kw):
+    run = RunOptions(out_dir=tmp_path, jobs=run_kw.pop("jobs", 2), backoff_s=0.1, **run_kw)
+    return render(jobs, RenderOptions(), run, on_event=watcher)
+
+
+def _progress_of(job_id: str, at_least: int = 1):
+    return lambda e: e["event"] == "job_progress" and e["job_id"] == job_id and e.get("decoded", 0) >= at_least
+
+
+def _assert_valid_output(path: Path) -> None:
+    with av.open(str(path)) as container:
+        assert [s.type for s in container.streams] == ["video", "audio"]
+        assert sum(1 for _ in container.decode(video=0)) > 0
+
+
+def _children_of(pid: int) -> list[int]:
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(entry))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_killed_worker_is_replaced_and_every_job_succeeds(tmp_path):
+    watcher = EventWatcher()
+
+    def kill_worker_mid_batch():
+        pid = watcher.wait_for(lambda e: e["event"] == "worker_started")["pid"]
+        watcher.wait_for(_progress_of("j0"))
+        os.kill(pid, signal.SIGSTOP)  # hold its batches so the kill surely lands mid-batch
+        time.sleep(0.5)
+        os.kill(pid, signal.SIGKILL)
+
+    watcher.act(kill_worker_mid_batch)
+    summary = _run(tmp_path, _jobs(tmp_path, 2), watcher)
+
+    assert [r.status for r in summary.records] == ["succeeded", "succeeded"]
+    crashes = [e for r in summary.records for e in r.errors if e["type"] == "WorkerCrashed"]
+    assert crashes and all(e["signal"] == "SIGKILL" and "SIGKILL" in e["message"] for e in crashes)
+    assert all(r.attempts == 1 for r in summary.records)
+    assert sum(e["event"] == "worker_started" for e in watcher.events) == 2
+    for r in summary.records:
+        _assert_valid_output(Path(r.output))
+
+
+def test_killed_job_process_costs_only_that_job_an_attempt(tmp_path):
+    watcher = EventWatcher()
+
+    def kill_job():
+        pid = watcher.wait_for(lambda e: e["event"] == "job_started" and e["job_id"] == "j0")["pid"]
+        watcher.wait_for(_progress_of("j0"))
+        os.kill(pid, signal.SIGKILL)
+
+    watcher.act(kill_job)
+    summary = _run(tmp_path, _jobs(tmp_path, 2), watcher)
+
+    by_id = {r.job_id: r for r in summary.records}
+    assert by_id["j0"].status == "succeeded" and by_id["j0"].attempts == 2
+    (crash,) = by_id["j0"].errors
+    assert crash["type"] == "JobProcessCrashed" and crash["signal"] == "SIGKILL" and crash["retryable"]
+    assert "OOM" in crash["message"] and crash["hint"]
+    assert by_id["j1"].status == "succeeded" and by_id["j1"].attempts == 1 and by_id["j1"].errors == []
+    assert not list(tmp_path.glob(".*.partial.mp4"))
+
+
+@pytest.mark.parametrize("target", ["job", "worker"])
+def test_stopped_child_is_stalled_killed_and_recovered(tmp_path, target):
+    watcher = EventWatcher()
+    stopped_at = {}
+
+    def stop_child():
+        if target == "job":
+            pid = watcher.wait_for(lambda e: e["event"] == "job_started")["pid"]
+        else:
+            pid = watcher.wait_for(lambda e: e["event"] == "worker_started")["pid"]
+        watcher.wait_for(_progress_of("j0"))
+        os.kill(pid, signal.SIGSTOP)
+        stopped_at["t"] = time.monotonic()
+
+    watcher.act(stop_child)
+    summary = _run(tmp_path, _jobs(tmp_path, 1), watcher, stall_timeout=2.0)
+
+    (record,) = summary.records
+    assert record.status == "succeeded"
+    stalls = [e for e in record.errors if e["type"] == "Stalled"]
+    assert stalls and "no progress" in stalls[0]["message"]
+    incident = watcher.wait_for(lambda e: e["event"] == "incident" and e["error"]["type"] == "Stalled", timeout=1)
+    assert incident["_t"] - stopped_at["t"] < 2.0 + 3.0
+
+
+def test_exception_in_worker_reaches_the_record_with_its_traceback(tmp_path, monkeypatch):
+    monkeypatch.setenv("DHGEN_TEST_FAULT", "raise")
+    summary = _run(tmp_path, _jobs(tmp_path, 1, SHORT_AUDIO), EventWatcher())
+
+    (record,) = summary.records
+    assert record.status == "failed" and record.attempts == 1
+    assert record.error["type"] == "RuntimeError" and "injected fault" in record.error["message"]
+    assert "Traceback" in record.error["traceback"] and "predict" in record.error["traceback"]
+    assert not Path(record.output).exists()
+
+
+def test_out_of_memory_halves_the_batch_and_the_job_succeeds(tmp_path, monkeypatch):
+    monkeypatch.setenv("DHGEN_TEST_FAULT", "oom_above:8")
+    summary = _run(tmp_path, _jobs(tmp_path, 1, SHORT_AUDIO), EventWatcher())
+
+    (record,) = summary.records
+    assert record.status == "succeeded"
+    (oom,) = [e for e in record.errors if e["type"] == "OutOfMemory"]
+    assert oom["batch_size"] == 8 and "halved" in oom["message"]
+
+
+def _write_manifest(tmp_path: Path, n: int) -> Path:
+    manifest = tmp_path / "jobs.csv"
+    manifest.write_text("id,audio,avatar\n" + "".join(f"j{i},{AUDIO},{AVATAR}\n" for i in range(n)))
+    return manifest
+
+
+def _start_cli(manifest: Path, out: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([*DHGEN, "render", str(manifest), "--out", str(out), "--jobs", "1", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_until(predicate, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _records(out: Path) -> list[str]:
+    log = out / "results.jsonl"
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def test_sigterm_stops_cleanly_and_resume_finishes_the_rest(tmp_path):
+    out = tmp_path / "out"
+    manifest = _write_manifest(tmp_path, 3)
+    cli = _start_cli(manifest, out)
+    _wait_until(lambda: len(_records(out)) == 1)  # j0 done, j1 under way
+    _wait_until(lambda: len(_children_of(cli.pid)) >= 2)
+    children = _children_of(cli.pid)
+    started = time.monotonic()
+    cli.send_signal(signal.SIGTERM)
+    assert cli.wait(timeout=15) == 143
+    assert time.monotonic() - started < 10
+    _wait_until(lambda: not any(_alive(pid) for pid in children), timeout=5)
+    assert (out / "j0.mp4").exists() and not (out / "j1.mp4").exists()
+    assert not list(out.glob(".*partial*"))
+    assert len(_records(out)) == 1
+
+    resumed = subprocess.run([*DHGEN, "render", str(manifest), "--out", str(out), "--resume"],
+                             capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    import json
+
+    last = [json.loads(line) for line in _records(out)[1:]]
+    assert {r["job_id"]: r["status"] for r in last} == {"j0": "skipped", "j1": "succeeded", "j2": "succeeded"}
+
+
+def test_sigkill_of_the_supervisor_leaves_no_child(tmp_path):
+    out = tmp_path / "out"
+    cli = _start_cli(_write_manifest(tmp_path, 2), out)
+    _wait_until(lambda: len(_children_of(cli.pid)) >= 2)
+    _wait_until(lambda: any(out.glob(".*partial*")))  # rendering under way
+    children = _children_of(cli.pid)
+    cli.kill()
+    cli.wait()
+    _wait_until(lambda: not any(_alive(pid) for pid in children), timeout=5)
+
+
+def test_a_second_run_on_the_same_folder_exits_75(tmp_path):
+    out = tmp_path / "out"
+    manifest = _write_manifest(tmp_path, 1)
+    first = _start_cli(manifest, out)
+    try:
+        _wait_until(lambda: (out / ".dhgen.lock").exists() and len(_children_of(first.pid)) >= 1)
+        second = subprocess.run([*DHGEN, "render", str(manifest), "--out", str(out)], capture_output=True,
+                                text=True, timeout=30)
+        assert second.returncode == 75
+        assert f"pid {first.pid}" in second.stderr
+    finally:
+        first.kill()
+        first.wait()
