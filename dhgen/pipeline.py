@@ -13,6 +13,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from fractions import Fraction
 from itertools import islice
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -24,7 +25,7 @@ from dhgen.face import FaceTrack, track_faces
 from dhgen.manifest import Job
 from dhgen.models import CropBatch, ModelSpec, PatchBatch, Rect, get_spec, merge_batches
 from dhgen.options import RenderOptions
-from dhgen.writer import VideoWriter
+from dhgen.writer import VideoWriter, output_error
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,9 @@ class _Job:
 
     def run(self, inference: Inference, max_in_flight: int) -> JobOutcome:
         info = self.info
-        frames = iter_frames(info, self.n_out, self.options.avatar.loop)
+        make_output_folder(self.job.output)
+        # encode.threads is this process's share of the cores (the supervisor sets it); decoding gets the same.
+        frames = iter_frames(info, self.n_out, self.options.avatar.loop, threads=self.options.encode.threads)
         pending: deque[_Chunk] = deque()
         with VideoWriter(
             self.job.output, info.width, info.height, info.fps, self.job.audio, self.options.encode
@@ -144,6 +147,14 @@ class _Job:
     def _count(self, counter: str, n: int) -> None:
         self.counts[counter] += n
         self.progress(counter, self.counts[counter])
+
+
+def make_output_folder(output: Path) -> None:
+    """Create the folder an output goes to (a manifest's `output` may name a subfolder of the output folder)."""
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise output_error(exc, output, f"create the folder {output.parent}") from exc
 
 
 def conditioning(spec: ModelSpec, audio: Audio, fps: Fraction, n_frames: int) -> np.ndarray:
