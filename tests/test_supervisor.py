@@ -153,11 +153,11 @@ def test_stopped_child_is_stalled_killed_and_recovered(tmp_path, target):
     stopped_at = {}
 
     def stop_child():
-        if target == "job":
+        if target == "job":  # mid-render
             pid = watcher.wait_for(lambda e: e["event"] == "job_started")["pid"]
-        else:
+            watcher.wait_for(_progress_of("j0"))
+        else:  # as soon as it can serve: the job's first batch is then surely held by a stopped worker
             pid = watcher.wait_for(lambda e: e["event"] == "worker_started")["pid"]
-        watcher.wait_for(_progress_of("j0"))
         os.kill(pid, signal.SIGSTOP)
         stopped_at["t"] = time.monotonic()
 
