@@ -53,8 +53,10 @@ class ResultLog:
 
     def append(self, record: JobRecord) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(record.to_json() + "\n")
+        with open(self.path, "a+b") as f:
+            # A torn last line (no newline) is ended first, or this record would be glued onto it and lost too.
+            torn = f.seek(0, os.SEEK_END) > 0 and os.pread(f.fileno(), 1, f.tell() - 1) != b"\n"
+            f.write((("\n" if torn else "") + record.to_json() + "\n").encode("utf-8"))
             f.flush()
             os.fsync(f.fileno())
 
