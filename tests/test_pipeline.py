@@ -1,0 +1,315 @@
+"""One job end to end, in this process: what a viewer of the output would notice.
+
+Outputs are rendered once per module (`rendered`) with `InProcessExecutor`, then decoded with PyAV: streams,
+frame count, rate, size, duration, the avatar's schedule (ping-pong or loop), and lip sync: on the still
+portrait the only motion is the mouth, so its change must follow the speech and stay put on silence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import wave
+from fractions import Fraction
+from itertools import islice
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from conftest import FIXTURES
+
+import dhgen.face
+from dhgen import pipeline
+from dhgen.avatar import iter_frames, probe_avatar
+from dhgen.face import detect_track, track_faces
+from dhgen.inference import load_predictor
+from dhgen.manifest import Job
+from dhgen.models import get_spec
+from dhgen.options import AvatarOptions, FaceOptions, ModelOptions, RenderOptions, RunOptions
+from dhgen.runner import InProcessExecutor, render
+
+FPS = 25
+
+
+# --- helpers -----------------------------------------------------------------------------------------------------
+
+
+def write_clip(source: Path, target: Path, seconds: float) -> float:
+    """The first `seconds` of a PCM WAV as a new WAV; returns the clip's exact duration."""
+    with wave.open(str(source)) as src:
+        params = src.getparams()
+        n = min(params.nframes, int(round(seconds * params.framerate)))
+        data = src.readframes(n)
+    with wave.open(str(target), "wb") as dst:
+        dst.setparams(params)
+        dst.writeframes(data)
+    return n / params.framerate
+
+
+def wav_samples(path: Path) -> tuple[np.ndarray, int]:
+    with wave.open(str(path)) as w:
+        assert w.getsampwidth() == 2 and w.getnchannels() == 1
+        return np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float64) / 32768, w.getframerate()
+
+
+def wav_duration(path: Path) -> float:
+    with wave.open(str(path)) as w:
+        return w.getnframes() / w.getframerate()
+
+
+def decode_frames(path: Path) -> np.ndarray:
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="bgr24") for f in container.decode(video=0)])
+
+
+@dataclasses.dataclass
+class Output:
+    frames: np.ndarray
+    fps: Fraction
+    video_codec: str
+    audio_codec: str
+    n_video: int
+    n_audio: int
+    audio_s: float
+
+
+def probe_output(path: Path) -> Output:
+    with av.open(str(path)) as container:
+        video, audio = container.streams.video, container.streams.audio
+        n_video, n_audio = len(video), len(audio)
+        fps = video[0].average_rate
+        vcodec, acodec = video[0].codec_context.name, audio[0].codec_context.name
+        audio_s = float(audio[0].duration * audio[0].time_base)
+    return Output(decode_frames(path), fps, vcodec, acodec, n_video, n_audio, audio_s)
+
+
+def face_rect(avatar: Path, cache_dir: Path, index: int = 0):
+    """The model's crop rectangle on the avatar's frame `index`, from the face track (the pipeline's geometry)."""
+    info = probe_avatar(avatar)
+    track = track_faces(info, index + 1, FaceOptions(cache_dir=cache_dir))
+    return get_spec("mouthwarp").crop_rect(track.boxes[index], info.width, info.height)
+
+
+def mouth_region(rect) -> tuple[slice, slice]:
+    """Rows and columns around the lips and jaw inside a mouthwarp crop rectangle."""
+    x0, y0, x1, y1 = rect
+    w, h = x1 - x0, y1 - y0
+    return slice(y0 + int(0.40 * h), y0 + int(0.70 * h)), slice(x0 + int(0.25 * w), x0 + int(0.75 * w))
+
+
+# --- renders shared by the module ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Rendered:
+    root: Path
+    audio: dict[str, Path]
+    records: dict
+    detections: list[str]  # avatar paths the face detector ran on, in order
+
+    def output(self, name: str) -> Output:
+        return probe_output(Path(self.records[name].output))
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory) -> Rendered:
+    root = tmp_path_factory.mktemp("pipeline")
+    short, medium = root / "short.wav", root / "medium.wav"
+    write_clip(FIXTURES / "speech.wav", short, 1.2)
+    write_clip(FIXTURES / "speech.wav", medium, 2.8)  # 70 frames: longer than avatar.mp4's 50
+    speech, silence = FIXTURES / "speech.wav", FIXTURES / "silence.wav"
+    base = RenderOptions(face=FaceOptions(cache_dir=root / "cache"), model=ModelOptions(device="cpu"))
+    plans = {
+        "pingpong": (base, [("still", speech, "portrait.png"), ("silent", silence, "portrait.png")]),
+        "pingpong ": (base, [("pingpong", medium, "avatar.mp4"), ("odd", short, "avatar_odd.mp4")]),
+        "rotated": (base, [("rotated", short, "avatar_rotated.mp4"), ("webm", short, "avatar.webm")]),
+        "loop": (dataclasses.replace(base, avatar=AvatarOptions(loop="loop")), [("loop", medium, "avatar.mp4")]),
+        "30fps": (dataclasses.replace(base, avatar=AvatarOptions(still_fps=30)), [("still30", short, "portrait.png")]),
+    }
+    detections: list[str] = []
+    real_detect = dhgen.face.detect_track
+
+    def counting_detect(frames, n, options=None, *, path=None):
+        detections.append(str(path))
+        return real_detect(frames, n, options, path=path)
+
+    records, audio = {}, {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dhgen.face, "detect_track", counting_detect)  # a spy: the real detector still runs
+        for options, plan in plans.values():
+            jobs = [Job(name, a, FIXTURES / v, root / "out" / f"{name}.mp4") for name, a, v in plan]
+            audio.update({name: a for name, a, _ in plan})
+            summary = render(jobs, options, RunOptions(out_dir=root / "out"), executor=InProcessExecutor(options))
+            records.update({r.job_id: r for r in summary.records})
+    return Rendered(root, audio, records, detections)
+
+
+# --- every output: streams, frames, rate, size, duration -----------------------------------------------------------
+
+EXPECTED = {  # name: (fps, width, height)
+    "still": (25, 288, 288),
+    "silent": (25, 288, 288),
+    "pingpong": (25, 256, 256),
+    "loop": (25, 256, 256),
+    "odd": (25, 254, 238),  # 255x239 cropped to even
+    "rotated": (25, 224, 256),  # stored 256x224 with a 90-degree display matrix
+    "webm": (25, 256, 256),
+    "still30": (30, 288, 288),  # --fps 30 on a still image
+}
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_output_decodes_with_promised_streams_size_rate_and_length(rendered, name):
+    record = rendered.records[name]
+    assert record.status == "succeeded", record.error
+    fps, width, height = EXPECTED[name]
+    out = rendered.output(name)
+    assert (out.n_video, out.n_audio) == (1, 1)
+    assert (out.video_codec, out.audio_codec) == ("h264", "aac")
+    assert out.fps == fps
+    audio_s = wav_duration(rendered.audio[name])
+    assert len(out.frames) == round(audio_s * fps) == record.frames
+    assert out.frames.shape[1:] == (height, width, 3)
+    assert (record.width, record.height, record.fps) == (width, height, fps)
+    assert abs(len(out.frames) / fps - audio_s) <= 1 / fps  # the picture lasts as long as the sound
+    assert abs(out.audio_s - audio_s) <= 1 / fps
+    assert abs(record.duration_s - len(out.frames) / fps) < 1e-3
+
+
+def test_rotated_avatar_is_upright(rendered):
+    """A frontal-face detector finds upright faces only (the stored, unrotated picture has none)."""
+    frames = rendered.output("rotated").frames
+    track = detect_track(enumerate(frames[:1]), 1)
+    x, y, w, h = track.boxes[0]
+    assert h > 40 and y + h < 0.8 * frames.shape[1]  # a face in the upper part of a portrait-shaped frame
+
+
+def nearest_avatar_frames(output: np.ndarray, avatar: np.ndarray, rows: slice) -> np.ndarray:
+    """For each output frame, the index of the avatar frame it shows (compared away from the mouth)."""
+    out = output[:, rows].astype(np.float32)
+    ref = avatar[:, rows].astype(np.float32)
+    cost = np.stack([np.abs(ref - frame).mean(axis=(1, 2, 3)) for frame in out])
+    return cost.argmin(axis=1)
+
+
+@pytest.mark.parametrize("mode", ["pingpong", "loop"])
+def test_short_avatar_is_extended_by_pingpong_or_loop(rendered, mode):
+    avatar = decode_frames(FIXTURES / "avatar.mp4")
+    n_avatar = len(avatar)
+    out = rendered.output(mode).frames
+    seen = nearest_avatar_frames(out, avatar, slice(0, 70))  # the top rows: far from the mouth
+    k = np.arange(len(out))
+    period = 2 * n_avatar - 2
+    pingpong = np.where(k % period < n_avatar, k % period, period - k % period)
+    expected = pingpong if mode == "pingpong" else k % n_avatar
+    assert np.mean(seen == expected) >= 0.95, seen.tolist()
+    other = k % n_avatar if mode == "pingpong" else pingpong
+    assert np.mean(seen[n_avatar:] == other[n_avatar:]) < 0.2  # and the other mode would not fit
+
+
+# --- lip sync ------------------------------------------------------------------------------------------------------
+
+
+def mouth_change(rendered: Rendered, name: str) -> np.ndarray:
+    """Per output frame: mean absolute change (output vs the still avatar) inside the mouth region."""
+    rect = face_rect(FIXTURES / "portrait.png", rendered.root / "cache")
+    rows, cols = mouth_region(rect)
+    avatar = decode_frames(FIXTURES / "portrait.png")[0].astype(np.float32)
+    frames = rendered.output(name).frames
+    return np.abs(frames[:, rows, cols].astype(np.float32) - avatar[rows, cols]).mean(axis=(1, 2, 3))
+
+
+def speech_envelope(path: Path, n_frames: int, fps: int = FPS) -> np.ndarray:
+    samples, rate = wav_samples(path)
+    hop = rate / fps
+    return np.array([np.sqrt(np.mean(samples[int(i * hop) : int((i + 1) * hop)] ** 2)) for i in range(n_frames)])
+
+
+def test_mouth_moves_with_the_speech(rendered):
+    change = mouth_change(rendered, "still")
+    envelope = speech_envelope(FIXTURES / "speech.wav", len(change))
+    r = np.corrcoef(change, envelope)[0, 1]
+    assert r >= 0.6, f"mouth motion vs speech envelope: Pearson r = {r:.2f}"
+    pauses = envelope < 0.1 * envelope.max()
+    assert change[~pauses].mean() > 3 * change[pauses].mean()  # open when talking, closed in the pauses
+
+
+def test_mouth_stays_closed_and_still_on_silence(rendered):
+    frames = rendered.output("silent").frames
+    rows, cols = mouth_region(face_rect(FIXTURES / "portrait.png", rendered.root / "cache"))
+    mouth = frames[:, rows, cols].astype(np.float32)
+    assert np.abs(np.diff(mouth, axis=0)).mean(axis=(1, 2, 3)).max() < 0.5  # frame to frame: no motion
+    # Closed: as close to the avatar as the speech render's mouth is in its pauses, far from its open mouth.
+    talking = mouth_change(rendered, "still")
+    assert mouth_change(rendered, "silent").max() < 0.25 * talking.max()
+
+
+# --- compositing, before encoding ----------------------------------------------------------------------------------
+
+
+class _Recorder:
+    """An `Inference` that runs the real model and keeps what it returned (to know every paste's alpha)."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.results = inner, {}
+
+    def submit(self, batch):
+        return self.inner.submit(batch)
+
+    def collect(self, ticket):
+        self.results[ticket] = result = self.inner.collect(ticket)
+        return result
+
+
+class _Frames(list):
+    write = list.append  # stands in for the VideoWriter: keeps the composited frames instead of encoding them
+
+
+def test_pixels_outside_the_mask_are_the_avatars_exactly(tmp_path):
+    """Crop -> model -> paste, run by the pipeline on decoded frames: where alpha is 0 nothing may change."""
+    import cv2
+
+    options = RenderOptions(face=FaceOptions(cache_dir=tmp_path / "cache"), model=ModelOptions(device="cpu"))
+    audio = tmp_path / "a.wav"
+    write_clip(FIXTURES / "speech.wav", audio, 1.6)  # 40 frames, mouth open in most
+    job_state = pipeline._Job(Job("x", audio, FIXTURES / "avatar.mp4", tmp_path / "x.mp4"), options, None)
+    inference = _Recorder(pipeline.LocalInference(load_predictor(options.model)))
+    composited, masks = _Frames(), []
+    frames = iter_frames(job_state.info, job_state.n_out, options.avatar.loop)
+    while chunk := list(islice(frames, pipeline.CHUNK_FRAMES)):
+        submitted = job_state._submit(chunk, inference)
+        job_state._finish(submitted, inference, composited)
+        result = inference.results[submitted.ticket]
+        for rect, alpha in zip([r for r in submitted.rects if r], result.alphas, strict=True):
+            x0, y0, x1, y1 = rect
+            mask = np.zeros((job_state.info.height, job_state.info.width), bool)
+            mask[y0:y1, x0:x1] = cv2.resize(alpha, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR) > 0
+            masks.append(mask)
+    avatar = decode_frames(FIXTURES / "avatar.mp4")  # decoded independently of the pipeline
+    assert len(composited) == len(masks) == job_state.n_out == 40
+    changed_inside = 0
+    for i, (frame, mask) in enumerate(zip(composited, masks, strict=True)):
+        assert np.array_equal(frame[~mask], avatar[i][~mask]), f"frame {i} changed outside the mask"
+        assert 0 < mask.mean() < 0.2  # the mask is the mouth area, not the frame
+        changed_inside += (frame[mask] != avatar[i][mask]).any()
+    assert changed_inside >= 30  # and inside it, the mouth was repainted
+
+
+# --- face cache ----------------------------------------------------------------------------------------------------
+
+
+def test_face_detection_runs_once_per_avatar(rendered):
+    """portrait.png serves three jobs (two renders with different options): detected once, then from the cache."""
+    portrait = str(FIXTURES / "portrait.png")
+    assert rendered.detections.count(portrait) == 1
+    assert rendered.detections.count(str(FIXTURES / "avatar.mp4")) == 1  # pingpong and loop share it
+    assert all(r.status == "succeeded" for r in rendered.records.values())
+
+
+def test_second_job_gets_the_cached_track(tmp_path):
+    options = FaceOptions(cache_dir=tmp_path / "cache")
+    info = probe_avatar(FIXTURES / "avatar.mp4")
+    first = track_faces(info, 30, options)
+    second = track_faces(info, 20, options)
+    assert (first.from_cache, second.from_cache) == (False, True)
+    assert np.array_equal(first.boxes[:20], second.boxes[:20])
