@@ -276,3 +276,14 @@ def test_supervisor_and_job_processes_do_not_import_torch():
     code = f"import sys, {modules}; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_job_timeout_kills_the_attempt_and_is_retried_once(tmp_path):
+    watcher = EventWatcher()
+    summary = _run(tmp_path, _jobs(tmp_path, 1), watcher, job_timeout=1.0, retries=3)
+
+    (record,) = summary.records
+    assert record.status == "failed" and record.attempts == 2  # JobTimeout retries once, whatever --retries says
+    assert [e["type"] for e in record.errors] == ["JobTimeout", "JobTimeout"]
+    assert record.error["type"] == "JobTimeout" and "1s" in record.error["message"]
+    assert not Path(record.output).exists() and not list(tmp_path.glob(".*partial*"))
