@@ -1,0 +1,170 @@
+"""A run: result log records, `--resume`, the lock on the output folder, output errors, events.
+
+Jobs run with `InProcessExecutor` on short clips (the supervised executor has its own tests, and test_cli.py runs
+one manifest through it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import wave
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from conftest import FIXTURES
+from test_results import DESIGN_FIELDS
+
+from dhgen.errors import OutputError, RunLocked
+from dhgen.manifest import Job, read_manifest
+from dhgen.options import EncodeOptions, FaceOptions, ModelOptions, RenderOptions, RunOptions
+from dhgen.results import last_records
+from dhgen.runner import InProcessExecutor, RunLock, render, render_settings
+
+
+def write_clip(target: Path, seconds: float, source: Path = FIXTURES / "speech.wav", start: float = 0.0) -> Path:
+    with wave.open(str(source)) as src:
+        params = src.getparams()
+        src.setpos(int(start * params.framerate))
+        data = src.readframes(int(round(seconds * params.framerate)))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(target), "wb") as dst:
+        dst.setparams(params)
+        dst.writeframes(data)
+    return target
+
+
+@pytest.fixture
+def options(tmp_path) -> RenderOptions:
+    return RenderOptions(face=FaceOptions(cache_dir=tmp_path / "cache"), model=ModelOptions(device="cpu"))
+
+
+def run_jobs(jobs, options, out: Path, events: list | None = None, **run_fields):
+    run = RunOptions(out_dir=out, **run_fields)
+    on_event = events.append if events is not None else None
+    return render(jobs, options, run, on_event=on_event, executor=InProcessExecutor(options))
+
+
+def log_lines(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "results.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def test_records_carry_every_field_and_events_frame_the_run(tmp_path, options):
+    audio = write_clip(tmp_path / "in" / "a.wav", 0.6)
+    out = tmp_path / "out"
+    events: list[dict] = []
+    summary = run_jobs([Job("a", audio, FIXTURES / "portrait.png", out / "a.mp4")], options, out, events)
+    assert summary.exit_code == 0
+    [line] = log_lines(out)
+    assert set(line) == DESIGN_FIELDS
+    assert line["status"] == "succeeded" and line["attempts"] == 1
+    assert (line["errors"], line["error"]) == ([], None)
+    assert (line["frames"], line["fps"], line["width"], line["height"]) == (15, 25.0, 288, 288)
+    assert line["duration_s"] == pytest.approx(0.6)
+    assert line["encoder"] == {"codec": "libx264", "preset": "veryfast", "crf": 20}
+    assert line["output"] == str(out / "a.mp4") and line["audio"] == str(audio)
+    started, finished = (datetime.fromisoformat(line[k].replace("Z", "+00:00")) for k in ("started_at", "finished_at"))
+    assert started <= finished and line["elapsed_s"] >= 0
+    assert isinstance(line["input_fingerprint"], str) and line["input_fingerprint"]
+    assert [e["event"] for e in events] == ["run_started", "job_started", "job_finished", "run_finished"]
+    assert events[-1]["succeeded"] == 1 and events[-1]["failed"] == 0
+    assert events[2]["record"] == line
+
+
+def test_resume_skips_done_jobs_and_reruns_changed_or_deleted_ones(tmp_path, options):
+    audio_a = write_clip(tmp_path / "in" / "a.wav", 0.4)
+    audio_b = write_clip(tmp_path / "in" / "b.wav", 0.4, start=1.0)
+    out = tmp_path / "out"
+    jobs = [Job(n, p, FIXTURES / "portrait.png", out / f"{n}.mp4") for n, p in (("a", audio_a), ("b", audio_b))]
+
+    def statuses(**run_fields) -> dict[str, str]:
+        summary = run_jobs(jobs, options, out, resume=True, **run_fields)
+        assert summary.exit_code == 0
+        return {r.job_id: r.status for r in summary.records}
+
+    assert statuses() == {"a": "succeeded", "b": "succeeded"}  # nothing to resume from yet
+    mtime = (out / "a.mp4").stat().st_mtime_ns
+    assert statuses() == {"a": "skipped", "b": "skipped"}
+    assert (out / "a.mp4").stat().st_mtime_ns == mtime  # not rewritten
+    skipped = log_lines(out)[-1]
+    assert skipped["attempts"] == 0 and skipped["frames"] == 10 and skipped["input_fingerprint"]
+
+    with open(out / "results.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"job_id": "a", "status": "fail')  # a torn last line: ignored
+    assert statuses() == {"a": "skipped", "b": "skipped"}
+
+    write_clip(audio_a, 0.4, start=2.0)  # new audio content under the same name
+    (out / "b.mp4").unlink()
+    assert statuses() == {"a": "succeeded", "b": "succeeded"}
+    assert statuses() == {"a": "skipped", "b": "skipped"}  # the reruns' records were read back
+
+    changed = dataclasses.replace(options, encode=EncodeOptions(crf=30))  # a setting that shapes the output
+    summary = run_jobs(jobs, changed, out, resume=True)
+    assert {r.status for r in summary.records} == {"succeeded"}
+    summary = run_jobs(jobs, options, out)  # no --resume: everything runs
+    assert {r.status for r in summary.records} == {"succeeded"}
+
+
+def test_device_and_batch_size_do_not_change_the_fingerprint(options):
+    moved = dataclasses.replace(options, model=ModelOptions(device="cuda", batch_size=128))
+    assert render_settings(moved) == render_settings(options)
+    assert render_settings(dataclasses.replace(options, encode=EncodeOptions(crf=30))) != render_settings(options)
+
+
+def test_unwritable_output_folder_is_an_output_error(tmp_path, options):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    out = blocker / "renders"  # tests run as root: a path under a regular file is what cannot be created
+    audio = write_clip(tmp_path / "a.wav", 0.4)
+    with pytest.raises(OutputError) as info:
+        run_jobs([Job("a", audio, FIXTURES / "portrait.png", out / "a.mp4")], options, out)
+    assert str(blocker) in info.value.message and info.value.hint
+    assert not out.exists() and blocker.read_text() == "not a folder"
+
+
+def test_job_writing_into_an_uncreatable_subfolder_fails_alone(tmp_path, options):
+    write_clip(tmp_path / "in" / "a.wav", 0.4)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "blocker").write_text("a file where a folder should be")
+    manifest = tmp_path / "in" / "m.csv"
+    manifest.write_text("id,audio,avatar,output\nbad,a.wav,p.png,blocker/x.mp4\nsub,a.wav,p.png,new/deep/y.mp4\n")
+    os.symlink(FIXTURES / "portrait.png", tmp_path / "in" / "p.png")
+    summary = run_jobs(read_manifest(manifest, out), options, out)
+    bad, sub = summary.records
+    assert summary.exit_code == 1
+    assert bad.status == "failed" and bad.error["type"] == "OutputError"
+    assert "blocker" in bad.error["message"] and bad.error["hint"] and bad.error["retryable"] is False
+    assert sub.status == "succeeded" and (out / "new" / "deep" / "y.mp4").is_file()  # subfolders are made
+    assert sorted(p.name for p in out.iterdir()) == [".dhgen.lock", "blocker", "new", "results.jsonl"]  # no temp
+
+
+def test_failed_job_record_is_typed_and_the_run_goes_on(tmp_path, options):
+    audio = write_clip(tmp_path / "a.wav", 0.4)
+    out = tmp_path / "out"
+    jobs = [
+        Job("gone", tmp_path / "missing.wav", FIXTURES / "portrait.png", out / "gone.mp4"),
+        Job("ok", audio, FIXTURES / "portrait.png", out / "ok.mp4"),
+    ]
+    summary = run_jobs(jobs, options, out)
+    gone, ok = summary.records
+    assert summary.exit_code == 1 and [r.job_id for r in summary.failed] == ["gone"]
+    assert gone.error["type"] == "MissingInputError" and "missing.wav" in gone.error["message"]
+    assert gone.errors == [gone.error] and gone.input_fingerprint is None
+    assert ok.status == "succeeded"
+    assert last_records(out / "results.jsonl")["gone"]["error"]["type"] == "MissingInputError"
+    assert not (out / "gone.mp4").exists()
+
+
+def test_run_lock_is_exclusive_and_names_the_holder(tmp_path, options):
+    out = tmp_path / "out"
+    with RunLock(out):
+        with pytest.raises(RunLocked, match=f"pid {os.getpid()}"), RunLock(out):
+            pass
+        with pytest.raises(RunLocked):
+            run_jobs([], options, out)
+    with RunLock(out):  # released on exit
+        pass
+    assert run_jobs([], options, out).exit_code == 0
