@@ -73,10 +73,16 @@ def render(
     ),
     progress: Annotated[Progress, typer.Option(help="progress display")] = Progress.auto,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = "WARNING",
+    log_file: Annotated[Path | None, typer.Option(help="also append the log to this file")] = None,
+    metrics_file: Annotated[Path | None, typer.Option(help="Prometheus textfile kept up to date (cron)")] = None,
+    heartbeat: Annotated[float, typer.Option(min=0.1, help="plain progress: seconds between heartbeats")] = 30.0,
 ) -> None:
     """Render every job of MANIFEST, or one job given with --audio/--avatar/-o."""
-    _setup_logging(log_level)
+    from dhgen.progress import make_progress
+
+    display = make_progress(progress.value, heartbeat_s=heartbeat)
     try:
+        _setup_logging(log_level, log_file, display)
         job_list, out_dir = _jobs(manifest, audio, avatar, output, out)
         options = RenderOptions(
             avatar=AvatarOptions(still_fps=fps, loop=loop.value),
@@ -96,14 +102,24 @@ def render(
         )
     except UsageError as exc:
         _fail(exc, EXIT_USAGE)
-    raise typer.Exit(_run(job_list, options, run, progress))
+    raise typer.Exit(_run(job_list, options, run, _event_handlers(display, run, metrics_file, log_file)))
 
 
-def _run(job_list: list[Job], options: RenderOptions, run: RunOptions, progress: Progress) -> int:
+def _event_handlers(display, run: RunOptions, metrics_file: Path | None, log_file: Path | None):
+    """The display, plus the metrics file and the event log when asked for, as one handler."""
+    from dhgen.metrics import MetricsFile
+    from dhgen.progress import EventLog, Tee
+
+    metrics = MetricsFile(metrics_file, labels={"out_dir": str(run.out_dir)}) if metrics_file else None
+    return Tee(display, metrics, EventLog() if log_file else None)
+
+
+def _run(job_list: list[Job], options: RenderOptions, run: RunOptions, handlers) -> int:
     from dhgen.runner import render as render_jobs
 
     try:
-        summary = render_jobs(job_list, options, run, on_event=_plain_events)
+        with handlers as on_event:
+            summary = render_jobs(job_list, options, run, on_event=on_event)
     except RunLocked as exc:
         _fail(exc, EXIT_LOCKED)
     except Interrupted as exc:
@@ -114,15 +130,19 @@ def _run(job_list: list[Job], options: RenderOptions, run: RunOptions, progress:
     return summary.exit_code
 
 
-def _plain_events(event: dict) -> None:
-    if event["event"] != "job_finished":
-        return
-    r = event["record"]
-    if r["status"] == "failed":
-        err = r["error"]
-        typer.echo(f"FAILED {r['job_id']}: {err['type']}: {err['message']}\n  hint: {err['hint']}", err=True)
-    else:
-        typer.echo(f"{r['status']} {r['job_id']} -> {r['output']}", err=True)
+@app.command()
+def doctor(
+    out: Annotated[Path, typer.Option(help="output folder whose free space is checked")] = Path("renders"),
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as one JSON object")] = False,
+) -> None:
+    """Report what this machine has that dhgen needs; exit 1 when something required is missing."""
+    import json
+
+    from dhgen.doctor import run_doctor
+
+    report = run_doctor(out)
+    typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else "\n".join(report.lines()))
+    raise typer.Exit(report.exit_code)
 
 
 def _jobs(manifest, audio, avatar, output, out) -> tuple[list[Job], Path]:
@@ -154,10 +174,33 @@ def _fail(exc: DhgenError, code: int):
     raise typer.Exit(code)
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _setup_logging(level: str, log_file: Path | None, display) -> None:
+    """Logs go to stderr (through the live display's console under --progress rich) and to --log-file."""
+    from dhgen.progress import RichProgress
+
+    if not isinstance(logging.getLevelName(level.upper()), int):
+        raise UsageError(f"unknown --log-level {level}", hint="use DEBUG, INFO, WARNING or ERROR")
+    if isinstance(display, RichProgress):
+        from rich.logging import RichHandler
+
+        console_handler = RichHandler(console=display.console, show_path=False)
+        console_handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    else:
+        console_handler = logging.StreamHandler(sys.stderr)
+        console_handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    console_handler.addFilter(lambda record: not record.name.startswith("dhgen.events"))  # the display has them
+    handlers: list[logging.Handler] = [console_handler]
+    if log_file is not None:
+        try:
+            file_handler = logging.FileHandler(log_file, encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"cannot open --log-file {log_file}: {exc.strerror or exc}") from exc
+        file_handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handlers.append(file_handler)
+    logging.basicConfig(level=level.upper(), handlers=handlers, force=True)
 
 
 def main() -> None:
