@@ -7,6 +7,7 @@ Only this module knows about typer and the terminal. Exit codes (DESIGN.md): 0 a
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import sys
 from enum import Enum
@@ -57,7 +58,9 @@ def render(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
     workers: Annotated[int | None, typer.Option(min=1, help="inference workers (default: one per GPU)")] = None,
     jobs: Annotated[int, typer.Option(min=1, help="jobs rendered at once")] = 2,
-    batch_size: Annotated[int | None, typer.Option(min=1, help="face crops per model call")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="face crops per model call (default 128 on CUDA, 16 on CPU)")
+    ] = None,
     retries: Annotated[int, typer.Option(min=0, help="extra attempts for retryable failures")] = 2,
     stall_timeout: Annotated[float, typer.Option(min=1, help="seconds without progress before Stalled")] = 60.0,
     job_timeout: Annotated[float | None, typer.Option(min=1, help="seconds one job attempt may take")] = None,
@@ -161,12 +164,11 @@ def _model_options(model, checkpoint, device, batch_size, pads) -> ModelOptions:
     from dhgen.models import get_spec
 
     spec = get_spec(model)
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise UsageError(f"--device {device!r} is not a device", hint="use auto, cpu, cuda or cuda:N")
     if spec.needs_checkpoint and checkpoint is None:
         raise UsageError(f"--model {model} needs --checkpoint PATH", hint="pass the generator's weights file")
-    default_batch = 128 if device.startswith("cuda") else 16
-    return ModelOptions(
-        name=model, checkpoint=checkpoint, device=device, batch_size=batch_size or default_batch, pads=tuple(pads)
-    )
+    return ModelOptions(name=model, checkpoint=checkpoint, device=device, batch_size=batch_size, pads=tuple(pads))
 
 
 def _fail(exc: DhgenError, code: int):

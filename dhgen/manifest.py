@@ -17,7 +17,7 @@ from pathlib import Path
 from dhgen.errors import ManifestError
 
 KNOWN_KEYS = ("id", "audio", "avatar", "output")
-_ID_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+_ID_CHARS = re.compile(r"[^\w.-]+")  # ids become file names: letters (any script), digits, . _ -
 
 
 @dataclass(frozen=True)
@@ -148,9 +148,7 @@ def _unique_ids(path: Path, rows: list[_Row]) -> list[str]:
                 f"{path}:{row.line}: id {job_id!r} may only use letters, digits, '.', '_', '-'", path=path
             )
         if job_id in given:
-            raise ManifestError(
-                f"{path}:{row.line}: id {job_id!r} already used on line {given[job_id]}", path=path
-            )
+            raise ManifestError(f"{path}:{row.line}: id {job_id!r} already used on line {given[job_id]}", path=path)
         given[job_id] = row.line
     taken, ids = set(given), []
     for row in rows:

@@ -40,8 +40,12 @@ class ModelOptions:
     name: str = "mouthwarp"  # "mouthwarp" (embedded, no weights) or "wav2lip"
     checkpoint: Path | None = None  # weights for models that need them
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    batch_size: int = 16  # face crops per forward pass
+    batch_size: int | None = None  # face crops per forward pass; None: 128 on CUDA, 16 on the CPU
     pads: tuple[int, int, int, int] = (0, 10, 0, 0)  # wav2lip face box padding: top, bottom, left, right
+
+    def batch_for(self, device: str) -> int:
+        """The batch size on `device` ("cpu", "cuda:0", ...)."""
+        return self.batch_size or (128 if str(device).startswith("cuda") else 16)
 
 
 @dataclass(frozen=True)

@@ -169,4 +169,3 @@ def render_job(
 ) -> JobOutcome:
     """Render one job to `job.output`; raises a DhgenError subclass when its input or output fails."""
     return _Job(job, options, progress).run(inference, max_in_flight)
-

@@ -254,9 +254,10 @@ class Supervisor:
             self._queue.append(_Item(slot.job.id, slot.attempt_no, ticket, batch))
         elif kind == "progress":
             _, counter, value = message
+            new_stage = counter not in slot.counters
             slot.counters[counter] = value
             attempt.rendering = attempt.rendering or counter == "decoded"
-            self._emit_progress(slot)
+            self._emit_progress(slot, force=new_stage)
         elif kind == "done":
             fill_outcome(slot.record, message[1], self.options)
             self._end_attempt(slot)
@@ -302,11 +303,12 @@ class Supervisor:
         slot.running.last_activity = time.monotonic()
         slot.running.channel.send(message)
 
-    def _emit_progress(self, slot: _Slot) -> None:
+    def _emit_progress(self, slot: _Slot, force: bool) -> None:
+        """A job_progress event when a stage starts or ends, else at most every PROGRESS_EVERY_S."""
         now = time.monotonic()
         attempt = slot.running
-        total = slot.counters.get("total")
-        if now - attempt.last_event < PROGRESS_EVERY_S and slot.counters.get("encoded") != total:
+        done = slot.counters.get("encoded") == slot.counters.get("total")
+        if not (force or done) and now - attempt.last_event < PROGRESS_EVERY_S:
             return
         attempt.last_event = now
         elapsed = max(1e-6, now - attempt.started)
@@ -325,7 +327,7 @@ class Supervisor:
     def _dispatch(self) -> None:
         for worker in self._workers.values():
             while worker.ready and self._queue and len(worker.in_flight) < WORKER_DISPATCH_DEPTH:
-                items = self._take_batch(self.options.model.batch_size)
+                items = self._take_batch(self.options.model.batch_for(worker.device))
                 if not items:
                     break
                 self._dispatch_seq += 1
@@ -569,8 +571,12 @@ def _signal_quietly(proc, signum) -> None:
 
 
 def _remove_partial(output: Path, pid: int | None) -> None:
+    """Remove what a killed job process left at its temp path (never the output itself)."""
     if pid is not None:
-        temp_path_for(Path(output), pid).unlink(missing_ok=True)
+        try:
+            temp_path_for(Path(output), pid).unlink(missing_ok=True)
+        except OSError:  # e.g. the output's folder is a file: the job never got to write anything
+            pass
 
 
 def _in_main_thread() -> bool:

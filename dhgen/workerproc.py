@@ -70,7 +70,9 @@ def worker_main(conn: Connection, options: ModelOptions, parent_pid: int, crash_
         conn.send(("fatal", failure_record(exc)))
         return
     adaptive = AdaptivePredictor(
-        predictor, options.batch_size, lambda limit, why: conn.send(("oom", {"batch_size": limit, "message": why}))
+        predictor,
+        options.batch_for(options.device),
+        lambda limit, why: conn.send(("oom", {"batch_size": limit, "message": why})),
     )
     conn.send(("ready", {"pid": os.getpid(), "device": str(getattr(predictor, "device", options.device))}))
     _serve(conn, adaptive)

@@ -179,7 +179,7 @@ def test_bad_inputs_fail_alone_with_typed_errors(bad_batch):
         assert err["hint"].strip() and err["retryable"] is False
         assert rec["attempts"] == 1  # not retried: the type says it would fail again
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [".dhgen.lock", "results.jsonl", "silence.mp4", "voix_d_t.mp4"]
+        [".dhgen.lock", "results.jsonl", "silence.mp4", "voix_d_été.mp4"]
     )
 
 
@@ -198,11 +198,6 @@ def test_good_jobs_in_the_bad_batch_succeed(bad_batch):
     assert motion.max() < 0.1  # still portrait + silence: nothing moves (beyond x264's rounding)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="supervisor._remove_partial: Path.unlink(missing_ok=True) raises NotADirectoryError when the output's "
-    "folder is a file, which ends the whole run with a traceback and loses the remaining records",
-)
 def test_job_whose_output_folder_cannot_be_made_fails_alone(tmp_path):
     short = write_clip(tmp_path / "short.wav", 0.4)
     out = tmp_path / "out"

@@ -101,9 +101,8 @@ def test_killed_worker_is_replaced_and_every_job_succeeds(tmp_path):
 
     def kill_worker_mid_batch():
         pid = watcher.wait_for(lambda e: e["event"] == "worker_started")["pid"]
-        watcher.wait_for(_progress_of("j0"))
-        os.kill(pid, signal.SIGSTOP)  # hold its batches so the kill surely lands mid-batch
-        time.sleep(0.5)
+        os.kill(pid, signal.SIGSTOP)  # it takes the jobs' first batches and holds them: the kill lands mid-batch
+        time.sleep(1.5)
         os.kill(pid, signal.SIGKILL)
 
     watcher.act(kill_worker_mid_batch)
@@ -280,10 +279,10 @@ def test_supervisor_and_job_processes_do_not_import_torch():
 
 def test_job_timeout_kills_the_attempt_and_is_retried_once(tmp_path):
     watcher = EventWatcher()
-    summary = _run(tmp_path, _jobs(tmp_path, 1), watcher, job_timeout=1.0, retries=3)
+    summary = _run(tmp_path, _jobs(tmp_path, 1), watcher, job_timeout=0.3, retries=3)
 
     (record,) = summary.records
     assert record.status == "failed" and record.attempts == 2  # JobTimeout retries once, whatever --retries says
     assert [e["type"] for e in record.errors] == ["JobTimeout", "JobTimeout"]
-    assert record.error["type"] == "JobTimeout" and "1s" in record.error["message"]
+    assert record.error["type"] == "JobTimeout" and "0.3s" in record.error["message"]
     assert not Path(record.output).exists() and not list(tmp_path.glob(".*partial*"))
