@@ -67,16 +67,33 @@ class _Item:
 
 
 @dataclass
-class _Attempt:
+class _JobProcess:
+    """A job process: it renders one job at a time and, after a job that ended cleanly, takes the next."""
+
+    key: tuple
     proc: mp.process.BaseProcess
     channel: Channel
     crash_path: Path
+    slot: _Slot | None = None  # the job it is rendering; None while idle
+
+
+@dataclass
+class _Attempt:
+    process: _JobProcess
     started: float
     last_activity: float
     rendering: bool = False  # frames have started to flow (before that the startup allowance applies)
     outstanding: set = field(default_factory=set)
     last_event: float = 0.0
     ended_as: dict | None = None  # set when the supervisor killed it (stall, timeout)
+
+    @property
+    def proc(self) -> mp.process.BaseProcess:
+        return self.process.proc
+
+    @property
+    def channel(self) -> Channel:
+        return self.process.channel
 
 
 @dataclass
@@ -124,6 +141,8 @@ class Supervisor:
         self._slots = {job.id: _Slot(job, new_record(job, fingerprints[job.id])) for job in jobs}
         self._queue: deque[_Item] = deque()
         self._workers: dict[int, _Worker] = {}
+        self._job_procs: dict[tuple, _JobProcess] = {}
+        self._spawned = 0
         self._done: deque[JobRecord] = deque()
         self._inbox = Inbox()
         self._tmp = Path(tempfile.mkdtemp(prefix="dhgen-run-"))
@@ -155,9 +174,7 @@ class Supervisor:
                 yield self._done.popleft()
 
     def _sentinels(self) -> list:
-        procs = [w.proc for w in self._workers.values()]
-        procs += [s.running.proc for s in self._slots.values() if s.running]
-        return [p.sentinel for p in procs]
+        return [p.sentinel for p in self._children()]
 
     # --- starting children -------------------------------------------------------------------------------------
 
@@ -178,19 +195,22 @@ class Supervisor:
             return max(1, self._cores // (jobs + 1)) if self.options.model.device != "cpu" else max(1, self._cores // 2)
         return max(1, self._cores // jobs)
 
-    def _spawn(self, key, target, args: tuple, crash_path: Path, threads: int):
+    def _spawn(self, kind: str, index: int, target, args: tuple, threads: int):
+        """Start a child; its messages arrive in the inbox under a key no other child ever had."""
+        self._spawned += 1
+        key = (kind, index, self._spawned)
+        crash_path = self._tmp / f"{kind}{index}-{self._spawned}.crash"
         parent_end, child_end = self._ctx.Pipe(duplex=True)
         proc = self._ctx.Process(
             target=target, args=(child_end, *args, os.getpid(), crash_path, threads), name=str(key), daemon=True
         )
         proc.start()
         child_end.close()
-        return proc, Channel(key, parent_end, self._inbox)
+        return proc, Channel(key, parent_end, self._inbox), crash_path
 
     def _start_worker(self, index: int, device: str) -> None:
         options = dataclasses.replace(self.options.model, device=device)
-        crash_path = self._tmp / f"worker{index}-{time.monotonic_ns()}.crash"
-        proc, channel = self._spawn(("worker", index), worker_main, (options,), crash_path, self._threads("worker"))
+        proc, channel, crash_path = self._spawn("worker", index, worker_main, (options,), self._threads("worker"))
         now = time.monotonic()
         self._workers[index] = _Worker(index, device, proc, channel, crash_path, started=now, last_reply=now)
 
@@ -212,20 +232,30 @@ class Supervisor:
         if slot.attempt_no == 1:
             slot.t0 = time.monotonic()
             slot.record.started_at = utc_now()
-        crash_path = self._tmp / f"job-{slot.job.id}-{slot.attempt_no}.crash"
-        key = ("job", slot.job.id, slot.attempt_no)
-        proc, channel = self._spawn(key, job_main, (slot.job, self.options), crash_path, self._threads("job"))
+        process = self._idle_job_process() or self._spawn_job_process()
+        process.slot = slot
+        process.channel.send(("job", slot.job, self.options))
         now = time.monotonic()
-        slot.running = _Attempt(proc, channel, crash_path, started=now, last_activity=now)
+        slot.running = _Attempt(process, started=now, last_activity=now)
         self._emit(
             {
                 "event": "job_started",
                 "job_id": slot.job.id,
                 "attempt": slot.attempt_no,
-                "pid": proc.pid,
+                "pid": process.proc.pid,
                 "time": utc_now(),
             }
         )
+
+    def _idle_job_process(self) -> _JobProcess | None:
+        return next((p for p in self._job_procs.values() if p.slot is None and p.proc.exitcode is None), None)
+
+    def _spawn_job_process(self) -> _JobProcess:
+        index = len(self._job_procs)
+        proc, channel, crash_path = self._spawn("job", index, job_main, (), self._threads("job"))
+        process = _JobProcess(channel.key, proc, channel, crash_path)
+        self._job_procs[process.key] = process
+        return process
 
     # --- messages ----------------------------------------------------------------------------------------------
 
@@ -237,8 +267,9 @@ class Supervisor:
             if worker is not None and worker.channel.key == key:
                 self._on_worker_message(worker, message)
             return
-        slot = self._slots[key[1]]
-        if slot.running is not None and slot.attempt_no == key[2]:
+        process = self._job_procs.get(key)
+        slot = process.slot if process is not None else None
+        if slot is not None and slot.running is not None and slot.running.process is process:
             self._on_job_message(slot, message)
 
     def _on_job_message(self, slot: _Slot, message) -> None:
@@ -359,9 +390,9 @@ class Supervisor:
         for worker in list(self._workers.values()):
             if worker.proc.exitcode is not None:
                 self._worker_died(worker)
-        for slot in self._slots.values():
-            if slot.running is not None and slot.running.proc.exitcode is not None:
-                self._job_process_died(slot)
+        for process in list(self._job_procs.values()):
+            if process.proc.exitcode is not None:
+                self._job_process_died(process)
 
     def _worker_died(self, worker: _Worker) -> None:
         worker.channel.wait_eof(1.0)
@@ -390,17 +421,22 @@ class Supervisor:
         self._incident(incident, jobs, worker=worker.index, action=f"worker replaced, {len(replay)} batches replayed")
         self._start_worker(worker.index, worker.device)
 
-    def _job_process_died(self, slot: _Slot) -> None:
-        attempt = slot.running
-        attempt.channel.wait_eof(1.0)
+    def _job_process_died(self, process: _JobProcess) -> None:
+        process.channel.wait_eof(1.0)
         for key, message in self._inbox.drain():  # a final "done"/"failed" may be waiting
             self._on_message(key, message)
-        if slot.running is not attempt:
-            return  # the message ended the attempt
+        del self._job_procs[process.key]
+        process.channel.close()
+        slot = process.slot
+        if slot is None or slot.running is None or slot.running.process is not process:
+            if process.proc.exitcode:
+                log.warning("idle job process %d %s", process.proc.pid, describe_exit(process.proc.exitcode)[0])
+            return  # it held no job
+        attempt, slot.running = slot.running, None
         record = attempt.ended_as or self._death_record(
-            JobProcessCrashed, "job process", attempt.proc, attempt.crash_path
+            JobProcessCrashed, "job process", process.proc, process.crash_path
         )
-        self._end_attempt(slot)
+        _remove_partial(slot.job.output, process.proc.pid)
         self._attempt_failed(slot, record)
 
     def _death_record(self, cls, what: str, proc, crash_path: Path, stalled: bool = False) -> dict:
@@ -449,13 +485,9 @@ class Supervisor:
     # --- endings -----------------------------------------------------------------------------------------------
 
     def _end_attempt(self, slot: _Slot) -> None:
+        """The job process reported the end of its job: it is idle again, ready for the next."""
         attempt, slot.running = slot.running, None
-        attempt.proc.join(5.0)
-        if attempt.proc.exitcode is None:
-            attempt.proc.kill()
-            attempt.proc.join(5.0)
-        attempt.channel.close()
-        _remove_partial(slot.job.output, attempt.proc.pid)
+        attempt.process.slot = None
 
     def _attempt_failed(self, slot: _Slot, error: dict) -> None:
         slot.record.errors.append(error)
@@ -528,30 +560,31 @@ class Supervisor:
             signal.signal(s, handler)
 
     def _stop_everything(self) -> None:
-        """Stop children: a polite stop, SIGTERM, then SIGKILL; remove partial outputs."""
-        for worker in self._workers.values():
-            worker.channel.send(("stop",))
-        procs = [(s.running.proc, s) for s in self._slots.values() if s.running]
-        for proc, _ in procs:
-            _signal_quietly(proc, signal.SIGTERM)
+        """Stop children: idle ones politely, busy ones with SIGTERM, stragglers with SIGKILL; remove partials."""
+        busy = [p for p in self._job_procs.values() if p.slot is not None]
+        for child in [*self._workers.values(), *self._job_procs.values()]:
+            if child in busy:
+                _signal_quietly(child.proc, signal.SIGTERM)  # it unwinds and deletes its temp file
+            else:
+                child.channel.send(("stop",))
         deadline = time.monotonic() + STOP_GRACE_S
-        everyone = [p for p, _ in procs] + [w.proc for w in self._workers.values()]
-        for proc in everyone:
+        for proc in self._children():
             proc.join(max(0.0, deadline - time.monotonic()))
         self._kill_children_now()
-        for proc, slot in procs:
-            proc.join(1.0)
-            _remove_partial(slot.job.output, proc.pid)
-            slot.running.channel.close()
-            slot.running = None
-        for worker in self._workers.values():
-            worker.channel.close()
+        for process in busy:
+            process.proc.join(1.0)
+            _remove_partial(process.slot.job.output, process.proc.pid)
+            process.slot.running = None
+        for child in [*self._workers.values(), *self._job_procs.values()]:
+            child.channel.close()
         self._workers.clear()
+        self._job_procs.clear()
+
+    def _children(self) -> list[mp.process.BaseProcess]:
+        return [w.proc for w in self._workers.values()] + [p.proc for p in self._job_procs.values()]
 
     def _kill_children_now(self) -> None:
-        for proc in [w.proc for w in self._workers.values()] + [
-            s.running.proc for s in self._slots.values() if s.running
-        ]:
+        for proc in self._children():
             if proc.exitcode is None:
                 _signal_quietly(proc, signal.SIGKILL)
 

@@ -286,3 +286,21 @@ def test_job_timeout_kills_the_attempt_and_is_retried_once(tmp_path):
     assert [e["type"] for e in record.errors] == ["JobTimeout", "JobTimeout"]
     assert record.error["type"] == "JobTimeout" and "0.3s" in record.error["message"]
     assert not Path(record.output).exists() and not list(tmp_path.glob(".*partial*"))
+
+
+def test_a_job_process_renders_job_after_job(tmp_path):
+    watcher = EventWatcher()
+    summary = _run(tmp_path, _jobs(tmp_path, 3, SHORT_AUDIO), watcher, jobs=1)
+
+    assert [r.status for r in summary.records] == ["succeeded"] * 3
+    pids = {e["pid"] for e in watcher.events if e["event"] == "job_started"}
+    assert len(pids) == 1  # spawned once, not once per job
+
+
+def test_a_failed_job_leaves_its_process_fit_for_the_next(tmp_path):
+    jobs = [Job("bad", FIXTURES / "garbage.wav", AVATAR, tmp_path / "bad.mp4"), *_jobs(tmp_path, 1, SHORT_AUDIO)]
+    watcher = EventWatcher()
+    summary = _run(tmp_path, jobs, watcher, jobs=1)
+
+    assert [(r.job_id, r.status) for r in summary.records] == [("bad", "failed"), ("j0", "succeeded")]
+    assert len({e["pid"] for e in watcher.events if e["event"] == "job_started"}) == 1
