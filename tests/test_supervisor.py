@@ -60,9 +60,9 @@ def _jobs(tmp_path: Path, n: int, audio: Path = AUDIO) -> list[Job]:
     return [Job(f"j{i}", audio, AVATAR, tmp_path / f"j{i}.mp4") for i in range(n)]
 
 
-def _run(tmp_path, jobs, watcher, **run_kw):
+def _run(tmp_path, job_list, watcher, **run_kw):
     run = RunOptions(out_dir=tmp_path, jobs=run_kw.pop("jobs", 2), backoff_s=0.1, **run_kw)
-    return render(jobs, RenderOptions(), run, on_event=watcher)
+    return render(job_list, RenderOptions(), run, on_event=watcher)
 
 
 def _progress_of(job_id: str, at_least: int = 1):
