@@ -1,0 +1,365 @@
+"""CPU benchmark (`make bench`): dhgen against a transcode-only baseline measured in the same run.
+
+    .venv/bin/python benchmarks/cpu.py [--size 480p] [--reps 3] [--only sequential,memory,concurrent,wav2lip]
+
+Sections (targets from issues 2, 3 and 5):
+1. sequential: a batch of jobs (`--jobs 1`) vs one baseline process transcoding the same frames (decode the
+   avatar in dhgen's ping-pong order, encode + mux through dhgen.writer.VideoWriter), runs alternated, medians.
+   Cold = an empty face cache (fresh XDG_CACHE_HOME), warm = a cache filled beforehand. Target wall <= 1.25.
+2. memory: peak RSS of the whole process tree for a 3-minute job vs a 10-second job. Target <= 1.2.
+3. concurrent: N jobs at once (`--jobs N`) vs N concurrent baseline processes. Target wall <= 1.25.
+4. wav2lip: a short clip with a randomly initialised generator at a small batch (skipped when dhgen has no
+   wav2lip model yet), plus the model's own frames/s at that batch.
+
+dhgen runs through its CLI entry point in a subprocess, as a user runs it. Inputs are generated into a temp
+folder. The report is printed and written to bench-results/cpu.txt. The box may be shared: wall times are noisy,
+so CPU seconds (user + system of the whole process tree) are reported beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402
+    REPO,
+    Run,
+    check_dhgen,
+    child_env,
+    dhgen_cmd,
+    load_model,
+    make_avatar,
+    make_speech,
+    median,
+    model_fps,
+    prime_face_cache,
+    run_many,
+    run_timed,
+    size_of,
+    speech_frames,
+    spread,
+    table,
+    transcode_cmd,
+    write_manifest,
+    write_random_wav2lip,
+)
+
+SECTIONS = ("sequential", "memory", "concurrent", "wav2lip")
+TARGET_WALL = 1.25
+TARGET_RSS = 1.2
+
+
+@dataclass
+class Inputs:
+    tmp: Path
+    avatar: Path
+    speech: Path  # --seconds long
+    long_speech: Path  # --long-seconds long
+    short_speech: Path  # 2 s, for wav2lip
+    frames: int  # output frames for `speech`
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="dhgen CPU benchmark (see the module docstring)")
+    p.add_argument("--size", default="480p", help="avatar size: 360p, 480p, 720p, 1080p or WxH (default 480p)")
+    p.add_argument("--jobs", type=int, default=3, help="jobs in the sequential batch (default 3)")
+    p.add_argument("--concurrent", type=int, default=2, help="N for the concurrent section (default 2)")
+    p.add_argument("--seconds", type=float, default=10.0, help="speech per job (default 10)")
+    p.add_argument("--long-seconds", type=float, default=180.0, help="the long job of the memory section")
+    p.add_argument("--reps", type=int, default=3, help="alternated repetitions per timed comparison (default 3)")
+    p.add_argument("--baseline-threads", type=int, default=0, help="x264 threads of the baseline (0: x264 picks)")
+    p.add_argument("--wav2lip-batch", type=int, default=8, help="--batch-size for the wav2lip section")
+    p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections to run")
+    p.add_argument("--out", type=Path, default=REPO / "bench-results" / "cpu.txt", help="report file")
+    return p.parse_args(argv)
+
+
+# --- the sections -----------------------------------------------------------------------------------------------
+
+
+def dhgen_run(inp: Inputs, rows, name: str, xdg: Path, *extra: str, sample_memory: bool = False) -> tuple[Run, int]:
+    """One dhgen CLI run over `rows` into a fresh output folder; returns the run and the frames it rendered."""
+    out = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=inp.tmp))
+    manifest = write_manifest(out.with_suffix(".csv"), rows)
+    cmd = dhgen_cmd(str(manifest), "--out", str(out), *extra)
+    run = run_timed(cmd, child_env(XDG_CACHE_HOME=str(xdg)), sample_memory=sample_memory)
+    return run, check_dhgen(run, out)
+
+
+def baseline_cmd(inp: Inputs, audios: list[Path], frames: int, threads: int) -> list[str]:
+    out = Path(tempfile.mkdtemp(prefix="base-", dir=inp.tmp))
+    return transcode_cmd(inp.avatar, frames, [(a, out / f"{i}.mp4") for i, a in enumerate(audios)], threads)
+
+
+def rows_for(inp: Inputs, audio: Path, n: int) -> list[tuple[str, Path, Path]]:
+    return [(f"job{i}", audio, inp.avatar) for i in range(n)]
+
+
+def alternate(reps: int, variants: dict) -> dict[str, list[Run]]:
+    """Run each variant `reps` times, order reversed every other round (A B C, C B A, ...)."""
+    runs: dict[str, list[Run]] = {name: [] for name in variants}
+    names = list(variants)
+    for rep in range(reps):
+        for name in names if rep % 2 == 0 else names[::-1]:
+            runs[name].append(variants[name]())
+    return runs
+
+
+def comparison_rows(runs: dict[str, list[Run]], frames: dict[str, int], base: str) -> list[list]:
+    base_wall = median([r.wall_s for r in runs[base]])
+    base_cpu = median([r.cpu_s for r in runs[base]])
+    rows = []
+    for name, rs in runs.items():
+        wall, cpu = median([r.wall_s for r in rs]), median([r.cpu_s for r in rs])
+        paired = median([r.wall_s / b.wall_s for r, b in zip(rs, runs[base], strict=True)])
+        rows.append(
+            [
+                name,
+                frames[name],
+                spread([r.wall_s for r in rs]),
+                f"{cpu:.1f}",
+                f"{frames[name] / wall:.1f}",
+                f"{wall / base_wall:.2f}",
+                f"{paired:.2f}",
+                f"{cpu / base_cpu:.2f}",
+            ]
+        )
+    return rows
+
+
+COMPARISON_HEADERS = [
+    "run",
+    "frames",
+    "wall s, median (min-max)",
+    "CPU s",
+    "frames/s",
+    "wall ratio",
+    "paired wall ratio",
+    "CPU ratio",
+]
+
+
+def bench_sequential(inp: Inputs, args) -> str:
+    n = args.jobs
+    rows = rows_for(inp, inp.speech, n)
+    warm_xdg = inp.tmp / "xdg-warm"
+    dhgen_run(inp, rows[:1], "warm-up", warm_xdg, "--jobs", "1")  # page cache, bytecode, ...
+
+    def dhgen(cold: bool):
+        def run() -> Run:
+            xdg = Path(tempfile.mkdtemp(prefix="xdg-cold-", dir=inp.tmp)) if cold else warm_xdg  # empty when cold
+            return dhgen_run(inp, rows, "seq", xdg, "--jobs", "1")[0]
+
+        return run
+
+    base = lambda: run_timed(  # noqa: E731
+        baseline_cmd(inp, [inp.speech] * n, inp.frames, args.baseline_threads), child_env()
+    ).check()
+    variants = {"baseline (transcode only)": base, "dhgen cold": dhgen(True), "dhgen warm": dhgen(False)}
+    runs = alternate(args.reps, variants)
+    frames = {name: n * inp.frames for name in runs}
+    title = (
+        f"1. sequential: {n} jobs x {args.seconds:g} s, --jobs 1, {args.reps} alternated reps (target <= {TARGET_WALL})"
+    )
+    return table(title, COMPARISON_HEADERS, comparison_rows(runs, frames, "baseline (transcode only)"))
+
+
+def bench_memory(inp: Inputs, args) -> str:
+    xdg = inp.tmp / "xdg-warm"
+    results = {}
+    for label, audio in ((f"{args.seconds:g} s", inp.speech), (f"{args.long_seconds:g} s", inp.long_speech)):
+        run, frames = dhgen_run(inp, [("job", audio, inp.avatar)], "mem", xdg, "--jobs", "1", sample_memory=True)
+        results[label] = (run, frames)
+    rows = []
+    for label, (run, frames) in results.items():
+        kinds = run.peak_by_kind()
+        dominant = max(kinds, key=kinds.get)
+        per_kind = "; ".join(f"{k} {v:.0f}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]))
+        cpu = "; ".join(f"{k} {v:.1f}" for k, v in sorted(run.cpu_by_kind().items(), key=lambda kv: -kv[1]))
+        rows.append(
+            [
+                label,
+                frames,
+                f"{run.wall_s:.1f}",
+                f"{run.peak_tree_rss_mb:.0f}",
+                f"{run.max_rss_mb:.0f}",
+                dominant,
+                per_kind,
+                cpu,
+            ]
+        )
+    (short, _), (long, _) = results.values()
+    ratio_tree = long.peak_tree_rss_mb / short.peak_tree_rss_mb
+    ratio_max = long.max_rss_mb / short.max_rss_mb
+    headers = [
+        "job",
+        "frames",
+        "wall s",
+        "tree peak RSS MB",
+        "largest process MB",
+        "dominant",
+        "peak RSS MB by process",
+        "CPU s by process",
+    ]
+    title = f"2. memory: one job, --jobs 1, warm cache (target <= {TARGET_RSS})"
+    text = table(title, headers, rows)
+    return text + (
+        f"\nratio long/short: whole tree {ratio_tree:.2f}, largest process {ratio_max:.2f}\n"
+        "(tree peak = highest sum of VmRSS over all processes, sampled every 50 ms; shared pages count in every "
+        "process. Per-process peaks are the kernel's VmHWM; largest process = ru_maxrss from wait4.)\n"
+    )
+
+
+def bench_concurrent(inp: Inputs, args) -> str:
+    n = args.concurrent
+    rows = rows_for(inp, inp.speech, n)
+    xdg = inp.tmp / "xdg-warm"
+
+    def base():
+        cmds = [baseline_cmd(inp, [inp.speech], inp.frames, args.baseline_threads) for _ in range(n)]
+        runs = [r.check() for r in run_many(cmds, child_env())]
+        return Run(cmds[0], max(r.wall_s for r in runs), sum(r.cpu_s for r in runs), 0)
+
+    dhgen = lambda: dhgen_run(inp, rows, "conc", xdg, "--jobs", str(n))[0]  # noqa: E731
+    runs = alternate(args.reps, {f"baseline ({n} transcode processes)": base, f"dhgen --jobs {n}": dhgen})
+    frames = {name: n * inp.frames for name in runs}
+    title = (
+        f"3. concurrent: {n} jobs x {args.seconds:g} s at once, warm cache, {args.reps} alternated reps "
+        f"(target <= {TARGET_WALL})"
+    )
+    return table(title, COMPARISON_HEADERS, comparison_rows(runs, frames, f"baseline ({n} transcode processes)"))
+
+
+def wav2lip_missing() -> str | None:
+    """Why the wav2lip section cannot run, or None when it can."""
+    try:
+        from dhgen.models import wav2lip
+    except ImportError as exc:
+        return f"dhgen.models.wav2lip cannot be imported ({exc})"
+    missing = [name for name in ("Wav2Lip", "build_predictor") if not hasattr(wav2lip, name)]
+    return f"dhgen.models.wav2lip has no {', '.join(missing)}" if missing else None
+
+
+def bench_wav2lip(inp: Inputs, args) -> str:
+    title = f"4. wav2lip: random weights, 2 s clip, --batch-size {args.wav2lip_batch}, --jobs 1, warm cache"
+    why = wav2lip_missing()
+    if why:
+        return f"## {title}\n\nskipped: {why}\n"
+    checkpoint = write_random_wav2lip(inp.tmp / "wav2lip-random.pth")
+    frames = speech_frames(2.0)
+    xdg = inp.tmp / "xdg-warm"
+    batch = ["--model", "wav2lip", "--checkpoint", str(checkpoint), "--batch-size", str(args.wav2lip_batch)]
+    dhgen_run(inp, [("w", inp.short_speech, inp.avatar)], "w2l", xdg, "--jobs", "1", *batch)  # warm-up
+    runs = alternate(
+        args.reps,
+        {
+            "baseline (transcode only)": lambda: run_timed(
+                baseline_cmd(inp, [inp.short_speech], frames, args.baseline_threads), child_env()
+            ).check(),
+            "dhgen --model wav2lip": lambda: dhgen_run(
+                inp, [("w", inp.short_speech, inp.avatar)], "w2l", xdg, "--jobs", "1", *batch
+            )[0],
+        },
+    )
+    text = table(
+        title, COMPARISON_HEADERS, comparison_rows(runs, dict.fromkeys(runs, frames), "baseline (transcode only)")
+    )
+    threads = max(1, (os.cpu_count() or 2) // 2)  # what the supervisor gives a CPU inference worker
+    import torch
+
+    torch.set_num_threads(threads)
+    predictor = load_model("wav2lip", "cpu", checkpoint, args.wav2lip_batch)
+    fps = model_fps(predictor, "wav2lip", args.wav2lip_batch, seconds=3.0)
+    return (
+        text + f"\nmodel only (in-process, {threads} torch thread(s), batch {args.wav2lip_batch}): {fps:.1f} frames/s\n"
+    )
+
+
+# --- driver ---------------------------------------------------------------------------------------------------
+
+
+def prepare(tmp: Path, args) -> Inputs:
+    width, height = size_of(args.size)
+    avatar = make_avatar(tmp / f"avatar-{width}x{height}.mp4", width, height)
+    prime_face_cache(avatar, tmp / "xdg-warm")  # every section but "dhgen cold" runs with this cache
+    return Inputs(
+        tmp=tmp,
+        avatar=avatar,
+        speech=make_speech(tmp / "speech.wav", args.seconds),
+        long_speech=make_speech(tmp / "speech-long.wav", args.long_seconds),
+        short_speech=make_speech(tmp / "speech-2s.wav", 2.0),
+        frames=speech_frames(args.seconds),
+    )
+
+
+def header(args) -> str:
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "dhgen"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "unknown", ""
+    import av
+    import numpy
+
+    width, height = size_of(args.size)
+    return (
+        f"# dhgen CPU benchmark, {time.strftime('%Y-%m-%d %H:%M:%S')}\n\n"
+        f"commit {commit}{' (dhgen/ has uncommitted changes)' if dirty else ''}; {platform.node()}, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start; Python {platform.python_version()}, "
+        f"PyAV {av.__version__}, numpy {numpy.__version__}\n"
+        f"avatar {width}x{height} 25 fps 3 s H.264 (ping-ponged), speech {args.seconds:g} s; x264 veryfast crf 20 "
+        f"+ AAC; baseline x264 threads {args.baseline_threads or 'auto'}\n"
+    )
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    wanted = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(wanted) - set(SECTIONS)
+    if unknown:
+        sys.exit(f"unknown section(s) {sorted(unknown)}; choose from {SECTIONS}")
+    funcs = {
+        "sequential": bench_sequential,
+        "memory": bench_memory,
+        "concurrent": bench_concurrent,
+        "wav2lip": bench_wav2lip,
+    }
+    parts, failed = [header(args)], False
+    print(parts[0], flush=True)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="dhgen-bench-") as tmp:
+        inp = prepare(Path(tmp), args)
+        for name in wanted:
+            t0 = time.perf_counter()
+            try:
+                text = funcs[name](inp, args)
+            except Exception:  # noqa: BLE001 - one broken section must not hide the others
+                failed = True
+                text = f"## {name}: FAILED\n\n```\n{traceback.format_exc()[-4000:]}```\n"
+            text += f"\n({name}: {time.perf_counter() - t0:.0f} s)\n"
+            parts.append(text)
+            print(text, flush=True)
+    parts.append(f"total {time.perf_counter() - started:.0f} s; load average {os.getloadavg()[0]:.2f} at the end\n")
+    print(parts[-1])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(parts))
+    print(f"written to {args.out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
