@@ -137,8 +137,8 @@ class _Job:
         if chunk.ticket is not None:
             result = inference.collect(chunk.ticket)
             faced = [(frame, rect) for frame, rect in zip(chunk.frames, chunk.rects, strict=True) if rect]
-            for (frame, rect), patch, alpha in zip(faced, result.patches, result.alphas, strict=True):
-                paste(frame, rect, patch, alpha)
+            for i, (frame, rect) in enumerate(faced):
+                paste(frame, rect, result.patches[i], result.alpha(i))
         self._count("inferred", len(chunk.frames))
         for frame in chunk.frames:
             writer.write(frame)

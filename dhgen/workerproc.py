@@ -16,12 +16,10 @@ import os
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-import numpy as np
-
 from dhgen.children import init_child
 from dhgen.errors import OutOfMemory
 from dhgen.jobproc import failure_record
-from dhgen.models import CropBatch, PatchBatch, merge_batches, split_patches
+from dhgen.models import CropBatch, PatchBatch, concat_patches, merge_batches, split_patches
 from dhgen.options import ModelOptions
 
 
@@ -35,7 +33,7 @@ class AdaptivePredictor:
         while True:
             try:
                 parts = [self.predictor.predict(self._slice(batch, i)) for i in range(0, len(batch), self.limit)]
-                return PatchBatch(np.concatenate([p.patches for p in parts]), np.concatenate([p.alphas for p in parts]))
+                return concat_patches(parts)
             except OutOfMemory as exc:
                 if self.limit <= 1:
                     raise

@@ -35,7 +35,7 @@ def test_predict_on_cpu_returns_uint8_patches_and_alphas(predictor):
     out = predictor.predict(crop_batch(5))
     assert predictor.spec.name == "mouthwarp" and predictor.spec.crop_size == 128
     assert out.patches.dtype == np.uint8 and out.patches.shape == (5, 128, 128, 3)
-    assert out.alphas.dtype == np.uint8 and out.alphas.shape == (5, 128, 128)
+    assert out.alphas.dtype == np.uint8 and out.alphas.shape == (1, 128, 128)  # one for the batch
     assert out.patches.flags.c_contiguous and out.alphas.flags.c_contiguous
     assert out.alphas.max() == 255 and out.alphas[:, 0].max() == 0
 

@@ -280,7 +280,8 @@ def test_pixels_outside_the_mask_are_the_avatars_exactly(tmp_path):
         submitted = job_state._submit(chunk, inference)
         job_state._finish(submitted, inference, composited)
         result = inference.results[submitted.ticket]
-        for rect, alpha in zip([r for r in submitted.rects if r], result.alphas, strict=True):
+        for i, rect in enumerate(r for r in submitted.rects if r):
+            alpha = result.alpha(i)
             x0, y0, x1, y1 = rect
             mask = np.zeros((job_state.info.height, job_state.info.width), bool)
             mask[y0:y1, x0:x1] = cv2.resize(alpha, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR) > 0

@@ -67,7 +67,10 @@ class PatchBatch:
     """What the model returns: patches to paste back and where (alpha 0 keeps the frame's pixel exactly)."""
 
     patches: np.ndarray  # uint8 (B, S, S, 3), BGR
-    alphas: np.ndarray  # uint8 (B, S, S), 255 = take the patch, 0 = keep the frame
+    alphas: np.ndarray  # uint8 (B or 1, S, S), 255 = take the patch, 0 = keep the frame; one for all if 1
+
+    def alpha(self, i: int) -> np.ndarray:
+        return self.alphas[i if len(self.alphas) > 1 else 0]
 
 
 def merge_batches(batches: list[CropBatch]) -> CropBatch:
@@ -83,4 +86,17 @@ def merge_batches(batches: list[CropBatch]) -> CropBatch:
 def split_patches(result: PatchBatch, sizes: list[int]) -> list[PatchBatch]:
     """The inverse of merge_batches for the model's answer: one PatchBatch per original batch."""
     bounds = np.cumsum([0, *sizes])
-    return [PatchBatch(result.patches[a:b], result.alphas[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    shared = len(result.alphas) == 1 and len(result.patches) != 1
+    return [
+        PatchBatch(result.patches[a:b], result.alphas if shared else result.alphas[a:b])
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
+
+
+def concat_patches(parts: list[PatchBatch]) -> PatchBatch:
+    """One PatchBatch of several (a shared alpha stays shared when every part shares the same one)."""
+    patches = np.concatenate([p.patches for p in parts])
+    if all(len(p.alphas) == 1 for p in parts) and all(np.array_equal(p.alphas, parts[0].alphas) for p in parts):
+        return PatchBatch(patches, parts[0].alphas)
+    alphas = np.concatenate([np.broadcast_to(p.alphas, p.patches.shape[:3]) for p in parts])
+    return PatchBatch(patches, alphas)

@@ -136,7 +136,7 @@ class MouthWarp(nn.Module):
         out = self.open_jaw(ref.mul_(gain), openness)
         self.paint_interior(out, openness, light)
         patches = out.mul_(255.0).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
-        return patches.contiguous(), self.alpha.expand(len(crops), -1, -1)
+        return patches.contiguous(), self.alpha[None]  # one alpha for the whole batch
 
     def light(self, live: torch.Tensor, ref: torch.Tensor):
         """Low-frequency gain ref -> live (the mouth left out of the estimate) and the live luminance, full size.

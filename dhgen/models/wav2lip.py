@@ -282,7 +282,7 @@ class Wav2LipModel(nn.Module):
         face = torch.cat((masked, ref), dim=1)
         out = self.generator(mels.to(dtype).unsqueeze(1), face)
         patches = out.float().mul(255.0).add(0.5).clamp(0.0, 255.0).to(torch.uint8).permute(0, 2, 3, 1)
-        return patches.contiguous(), self.alpha.expand(len(crops), -1, -1)
+        return patches.contiguous(), self.alpha[None]  # one alpha for the whole batch
 
 
 class Wav2LipPredictor(Predictor):
