@@ -9,6 +9,7 @@ JobOutcome) or ("failed", error record). From the supervisor: ("patches", ticket
 from __future__ import annotations
 
 import dataclasses
+import os
 import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -96,7 +97,7 @@ def job_main(conn: Connection, parent_pid: int, crash_path: Path, threads: int) 
         if message[0] in ("patches", "infer_failed"):
             continue  # a late answer for a job that already ended
         if message[0] != "job":
-            return
+            os._exit(0)  # idle: nothing to save, and a quick exit shortens the run's end
         _, job, options = message
         if options.encode.threads == 0:
             options = dataclasses.replace(options, encode=dataclasses.replace(options.encode, threads=threads))

@@ -38,6 +38,7 @@ from dhgen.children import crash_tail, describe_exit
 from dhgen.errors import Interrupted, JobProcessCrashed, JobTimeout, OutOfMemory, Stalled, WorkerCrashed
 from dhgen.jobproc import job_main
 from dhgen.manifest import Job
+from dhgen.models import get_spec
 from dhgen.options import RenderOptions, RunOptions
 from dhgen.results import JobRecord, utc_now
 from dhgen.runner import EventFn, fill_outcome, new_record
@@ -188,12 +189,18 @@ class Supervisor:
             device = "cpu" if device == "auto" else device
         return [device] * (count or 1)
 
-    def _threads(self, kind: str) -> int:
-        """A share of the cores per process, so N processes with 'all cores' defaults do not oversubscribe."""
+    def _threads(self, device: str | None = None) -> int:
+        """A share of the cores per process, so N processes with 'all cores' defaults do not oversubscribe.
+
+        Job processes (device None) split the cores. A GPU worker only feeds its GPU; a CPU worker gets half the
+        cores, or all of them for a model that is slower than the encoders (wav2lip).
+        """
         jobs = max(1, min(self.run_options.jobs, len(self._slots)))
-        if kind == "worker":
-            return max(1, self._cores // (jobs + 1)) if self.options.model.device != "cpu" else max(1, self._cores // 2)
-        return max(1, self._cores // jobs)
+        if device is None:
+            return max(1, self._cores // jobs)
+        if device.startswith("cuda"):
+            return max(1, self._cores // (jobs + 1))
+        return self._cores if get_spec(self.options.model.name).cpu_bound else max(1, self._cores // 2)
 
     def _spawn(self, kind: str, index: int, target, args: tuple, threads: int):
         """Start a child; its messages arrive in the inbox under a key no other child ever had."""
@@ -210,7 +217,7 @@ class Supervisor:
 
     def _start_worker(self, index: int, device: str) -> None:
         options = dataclasses.replace(self.options.model, device=device)
-        proc, channel, crash_path = self._spawn("worker", index, worker_main, (options,), self._threads("worker"))
+        proc, channel, crash_path = self._spawn("worker", index, worker_main, (options,), self._threads(device))
         now = time.monotonic()
         self._workers[index] = _Worker(index, device, proc, channel, crash_path, started=now, last_reply=now)
 
@@ -252,7 +259,7 @@ class Supervisor:
 
     def _spawn_job_process(self) -> _JobProcess:
         index = len(self._job_procs)
-        proc, channel, crash_path = self._spawn("job", index, job_main, (), self._threads("job"))
+        proc, channel, crash_path = self._spawn("job", index, job_main, (), self._threads())
         process = _JobProcess(channel.key, proc, channel, crash_path)
         self._job_procs[process.key] = process
         return process

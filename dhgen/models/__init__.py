@@ -21,6 +21,7 @@ class ModelSpec:
     crop_size: int  # crops are resized to crop_size x crop_size before the model sees them
     conditioning: str  # "openness": one float per frame; "mel": an (80, 16) mel window per frame
     needs_checkpoint: bool
+    cpu_bound: bool  # on a CPU, the model (not the encoder) limits the run: its worker gets every core
 
     def crop_rect(self, box, frame_w: int, frame_h: int, pads=(0, 10, 0, 0)) -> Rect:
         """The frame rectangle handed to the model for a face box (x, y, w, h), clipped to the frame."""
@@ -38,8 +39,10 @@ class ModelSpec:
 
 
 SPECS = {
-    "mouthwarp": ModelSpec("mouthwarp", crop_size=128, conditioning="openness", needs_checkpoint=False),
-    "wav2lip": ModelSpec("wav2lip", crop_size=96, conditioning="mel", needs_checkpoint=True),
+    "mouthwarp": ModelSpec(
+        "mouthwarp", crop_size=128, conditioning="openness", needs_checkpoint=False, cpu_bound=False
+    ),
+    "wav2lip": ModelSpec("wav2lip", crop_size=96, conditioning="mel", needs_checkpoint=True, cpu_bound=True),
 }
 
 
