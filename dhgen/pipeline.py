@@ -8,8 +8,10 @@ worker. Frames stream through in small chunks; at most `max_in_flight` chunks wa
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from itertools import islice
@@ -92,7 +94,10 @@ class _Job:
         info = self.info
         make_output_folder(self.job.output)
         # encode.threads is this process's share of the cores (the supervisor sets it); decoding gets the same.
-        frames = iter_frames(info, self.n_out, self.options.avatar.loop, threads=self.options.encode.threads)
+        frames = prefetched(
+            iter_frames(info, self.n_out, self.options.avatar.loop, threads=self.options.encode.threads),
+            depth=CHUNK_FRAMES,
+        )
         pending: deque[_Chunk] = deque()
         with VideoWriter(
             self.job.output, info.width, info.height, info.fps, self.job.audio, self.options.encode
@@ -169,3 +174,40 @@ def render_job(
 ) -> JobOutcome:
     """Render one job to `job.output`; raises a DhgenError subclass when its input or output fails."""
     return _Job(job, options, progress).run(inference, max_in_flight)
+
+
+def prefetched(items: Iterator, depth: int) -> Iterator:
+    """`items`, produced by a background thread up to `depth` ahead (decoding overlaps encoding: both release
+    the GIL). An exception in the producer is raised here, at the item where it happened."""
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        buffer.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            buffer.put((None, exc))
+            return
+        buffer.put((None, StopIteration()))
+
+    thread = threading.Thread(target=produce, name="decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, exc = buffer.get()
+            if isinstance(exc, StopIteration):
+                return
+            if exc is not None:
+                raise exc
+            yield item
+    finally:
+        stop.set()
+        thread.join()

@@ -314,3 +314,32 @@ def test_second_job_gets_the_cached_track(tmp_path):
     second = track_faces(info, 20, options)
     assert (first.from_cache, second.from_cache) == (False, True)
     assert np.array_equal(first.boxes[:20], second.boxes[:20])
+
+
+def test_prefetched_frames_keep_their_order_and_their_errors():
+    from dhgen.errors import AvatarDecodeError
+    from dhgen.pipeline import prefetched
+
+    assert list(prefetched(iter(range(100)), depth=4)) == list(range(100))
+
+    def broken():
+        yield from range(3)
+        raise AvatarDecodeError("the video ended before frame 3", path="x.mp4")
+
+    got = []
+    with pytest.raises(AvatarDecodeError, match="x.mp4"):
+        for item in prefetched(broken(), depth=8):
+            got.append(item)
+    assert got == [0, 1, 2]  # every frame decoded before the error still arrives, then the error
+
+
+def test_prefetching_stops_when_the_consumer_stops():
+    import threading
+
+    from dhgen.pipeline import prefetched
+
+    before = threading.active_count()
+    frames = prefetched(iter(range(10_000)), depth=2)
+    assert next(frames) == 0
+    frames.close()
+    assert threading.active_count() == before
