@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from dhgen.errors import DhgenError, OutputError, RunLocked
-from dhgen.manifest import Job, input_fingerprint
+from dhgen.manifest import Job, file_digest, input_fingerprint
 from dhgen.options import RenderOptions, RunOptions
 from dhgen.results import JobRecord, ResultLog, already_done, last_records, utc_now
 
@@ -45,11 +45,20 @@ class RunSummary:
 
 
 def render_settings(options: RenderOptions) -> dict:
-    """The options that shape an output (what the input fingerprint covers); caches and devices excluded."""
+    """The options that shape an output (what the input fingerprint covers); caches and devices excluded.
+
+    A checkpoint counts by its content, so new weights under the same file name are not skipped by --resume.
+    """
     settings = dataclasses.asdict(options)
     settings["face"].pop("cache_dir", None)
     settings["model"].pop("device", None)
     settings["model"].pop("batch_size", None)
+    checkpoint = options.model.checkpoint
+    if checkpoint is not None:
+        try:
+            settings["model"]["checkpoint"] = file_digest(Path(checkpoint))
+        except OSError:
+            pass  # unreadable: the job fails with ModelLoadError anyway
     return settings
 
 

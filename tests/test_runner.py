@@ -168,3 +168,12 @@ def test_run_lock_is_exclusive_and_names_the_holder(tmp_path, options):
     with RunLock(out):  # released on exit
         pass
     assert run_jobs([], options, out).exit_code == 0
+
+
+def test_new_weights_under_the_same_checkpoint_name_change_the_fingerprint(tmp_path):
+    checkpoint = tmp_path / "w.pth"
+    checkpoint.write_bytes(b"old weights")
+    options = RenderOptions(model=ModelOptions(name="wav2lip", checkpoint=checkpoint))
+    before = render_settings(options)
+    checkpoint.write_bytes(b"new weights")
+    assert render_settings(options) != before
