@@ -23,8 +23,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 import wave
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -485,6 +486,29 @@ def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[object]]) 
 
 
 # --- the baseline as a process --------------------------------------------------------------------------------
+
+
+def run_sections(sections: Sequence[tuple[str, Callable[[], str]]], parts: list[str], out: Path, started: float) -> int:
+    """Run each (name, section) in turn, printing and collecting its report; one failure does not stop the rest.
+    Writes all `parts` to `out`; returns 1 if a section failed."""
+    failed = False
+    for name, section in sections:
+        t0 = time.perf_counter()
+        try:
+            text = section()
+        except Exception:  # noqa: BLE001 - one broken section must not hide the others
+            failed = True
+            text = f"## {name}: FAILED\n\n```\n{traceback.format_exc()[-4000:]}```\n"
+        text += f"\n({name}: {time.perf_counter() - t0:.0f} s)\n"
+        parts.append(text)
+        print(text, flush=True)
+    load = os.getloadavg()[0]
+    parts.append(f"total {time.perf_counter() - started:.0f} s; load average {load:.2f} at the end\n")
+    print(parts[-1])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(parts))
+    print(f"written to {out}")
+    return 1 if failed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

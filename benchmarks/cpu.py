@@ -26,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +44,7 @@ from common import (  # noqa: E402
     model_fps,
     prime_face_cache,
     run_many,
+    run_sections,
     run_timed,
     size_of,
     speech_frames,
@@ -342,27 +342,13 @@ def main(argv=None) -> int:
         "concurrent": bench_concurrent,
         "wav2lip": bench_wav2lip,
     }
-    parts, failed = [header(args)], False
+    parts = [header(args)]
     print(parts[0], flush=True)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="dhgen-bench-") as tmp:
         inp = prepare(Path(tmp), args)
-        for name in wanted:
-            t0 = time.perf_counter()
-            try:
-                text = funcs[name](inp, args)
-            except Exception:  # noqa: BLE001 - one broken section must not hide the others
-                failed = True
-                text = f"## {name}: FAILED\n\n```\n{traceback.format_exc()[-4000:]}```\n"
-            text += f"\n({name}: {time.perf_counter() - t0:.0f} s)\n"
-            parts.append(text)
-            print(text, flush=True)
-    parts.append(f"total {time.perf_counter() - started:.0f} s; load average {os.getloadavg()[0]:.2f} at the end\n")
-    print(parts[-1])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(parts))
-    print(f"written to {args.out}")
-    return 1 if failed else 0
+        sections = [(name, lambda f=funcs[name]: f(inp, args)) for name in wanted]
+        return run_sections(sections, parts, args.out, started)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -221,10 +220,10 @@ def main(argv=None) -> int:
 
         if not torch.cuda.is_available():
             sys.exit("CUDA is not available here: run with --smoke (CPU, tiny sizes) or on a GPU box")
-    from common import write_random_wav2lip
+    from common import run_sections, write_random_wav2lip
 
     started = time.perf_counter()
-    parts, failed = [header(args, av_version)], False
+    parts = [header(args, av_version)]
     print(parts[0], flush=True)
     with tempfile.TemporaryDirectory(prefix="dhgen-gpu-bench-") as tmp:
         tmp = Path(tmp)
@@ -242,22 +241,7 @@ def main(argv=None) -> int:
             ("ceiling", ceiling_section),
             ("dhgen", lambda: bench_dhgen(args, inputs, ceiling, checkpoint)),
         ]
-        for name, run in sections:
-            t0 = time.perf_counter()
-            try:
-                text = run()
-            except Exception:  # noqa: BLE001 - one broken section must not hide the others
-                failed = True
-                text = f"## {name}: FAILED\n\n```\n{traceback.format_exc()[-4000:]}```\n"
-            text += f"\n({name}: {time.perf_counter() - t0:.0f} s)\n"
-            parts.append(text)
-            print(text, flush=True)
-    parts.append(f"total {time.perf_counter() - started:.0f} s\n")
-    print(parts[-1])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(parts))
-    print(f"written to {args.out}")
-    return 1 if failed else 0
+        return run_sections(sections, parts, args.out, started)
 
 
 if __name__ == "__main__":

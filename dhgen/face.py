@@ -27,6 +27,7 @@ import numpy as np
 
 from dhgen.avatar import AvatarInfo, iter_first_frames
 from dhgen.errors import DhgenError, MissingInputError, NoFaceError
+from dhgen.manifest import file_digest
 from dhgen.options import FaceOptions
 
 log = logging.getLogger(__name__)
@@ -224,20 +225,13 @@ def _cache_key(path: str, options: FaceOptions) -> str:
         "detect_width": options.detect_width,
         "smooth": options.smooth,
     }
-    digest = hashlib.sha256(_file_sha256(path).encode())
-    digest.update(json.dumps(settings, sort_keys=True).encode())
-    return digest.hexdigest()[:40]
-
-
-def _file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
+        content = file_digest(Path(path))
     except OSError as exc:
         raise MissingInputError(f"cannot read avatar: {exc.strerror or exc}", path=path) from exc
-    return digest.hexdigest()
+    digest = hashlib.sha256(content.encode())
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    return digest.hexdigest()[:40]
 
 
 def _load_cache(cache_file: Path, n: int, info: AvatarInfo) -> FaceTrack | None:
