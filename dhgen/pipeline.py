@@ -23,6 +23,7 @@ import numpy as np
 from dhgen.audio import Audio, frame_count, load_audio, mel_spectrogram, mel_windows, mouth_openness
 from dhgen.avatar import AvatarInfo, iter_frames, probe_avatar
 from dhgen.composite import extract_crop, paste
+from dhgen.errors import NoFaceError
 from dhgen.face import FaceTrack, track_faces
 from dhgen.manifest import Job
 from dhgen.models import CropBatch, ModelSpec, PatchBatch, Rect, get_spec, merge_batches
@@ -120,6 +121,8 @@ class _Job:
 
     def _reference_crop(self) -> np.ndarray:
         rect = self._rect(self.track.reference_index)
+        if rect is None:
+            raise NoFaceError("the face is too small to animate (under 8 pixels across)", path=self.job.avatar)
         return extract_crop(self.track.reference_frame, rect, self.spec.crop_size)
 
     def _submit(self, chunk: list[tuple[int, np.ndarray]], inference: Inference) -> _Chunk:
