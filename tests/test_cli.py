@@ -11,30 +11,18 @@ import json
 import shutil
 import subprocess
 import sys
-import wave
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
-from conftest import FIXTURES
+from conftest import FIXTURES, write_clip
 from typer.testing import CliRunner
 
 from dhgen.cli import app
 from dhgen.runner import RunLock
 
 DHGEN = Path(sys.executable).with_name("dhgen")
-
-
-def write_clip(target: Path, seconds: float, source: Path = FIXTURES / "speech.wav") -> Path:
-    with wave.open(str(source)) as src:
-        params = src.getparams()
-        data = src.readframes(int(round(seconds * params.framerate)))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with wave.open(str(target), "wb") as dst:
-        dst.setparams(params)
-        dst.writeframes(data)
-    return target
 
 
 def invoke(*args: str):

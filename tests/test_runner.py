@@ -9,12 +9,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import wave
 from datetime import datetime
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES
+from conftest import FIXTURES, write_clip
 from test_results import DESIGN_FIELDS
 
 from dhgen.errors import OutputError, RunLocked
@@ -22,18 +21,6 @@ from dhgen.manifest import Job, read_manifest
 from dhgen.options import EncodeOptions, FaceOptions, ModelOptions, RenderOptions, RunOptions
 from dhgen.results import last_records
 from dhgen.runner import InProcessExecutor, RunLock, render, render_settings
-
-
-def write_clip(target: Path, seconds: float, source: Path = FIXTURES / "speech.wav", start: float = 0.0) -> Path:
-    with wave.open(str(source)) as src:
-        params = src.getparams()
-        src.setpos(int(start * params.framerate))
-        data = src.readframes(int(round(seconds * params.framerate)))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with wave.open(str(target), "wb") as dst:
-        dst.setparams(params)
-        dst.writeframes(data)
-    return target
 
 
 @pytest.fixture
