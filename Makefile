@@ -27,11 +27,11 @@ bench: install
 	$(BIN)/python benchmarks/cpu.py
 
 lint: install
-	$(BIN)/ruff check dhgen tests benchmarks
-	$(BIN)/ruff format --check dhgen tests benchmarks
+	$(BIN)/ruff check dhgen tests benchmarks tools
+	$(BIN)/ruff format --check dhgen tests benchmarks tools
 
 format: install
-	$(BIN)/ruff format dhgen tests benchmarks
+	$(BIN)/ruff format dhgen tests benchmarks tools
 
 clean:
 	rm -rf $(VENV) renders .pytest_cache
