@@ -33,10 +33,17 @@ DEVICE_HINT = "use --device cpu, or --device auto to pick a GPU when there is on
 
 
 def resolve_device(name: str) -> str:
-    """`auto` -> `cuda` when CUDA is available, else `cpu`; `cpu`, `cuda`, `cuda:N` are checked and returned."""
+    """`auto` -> `cuda` when CUDA is available, else `cpu`; `auto:N` -> `cuda:N` when that GPU is usable, else
+    `cpu` (a GPU box whose torch is a CPU build still renders); `cpu`, `cuda`, `cuda:N` are checked and returned."""
     name = name.strip().lower()
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("auto:"):
+        index = name.partition(":")[2]
+        if torch.cuda.is_available() and index.isdigit() and int(index) < torch.cuda.device_count():
+            return f"cuda:{index}"
+        log.warning("a GPU is visible but this torch build cannot use it: the model runs on the CPU")
+        return "cpu"
     if name == "cpu":
         return name
     kind, _, index = name.partition(":")

@@ -184,8 +184,9 @@ class Supervisor:
         device = self.options.model.device
         if device == "auto" or device == "cuda":
             gpus = visible_gpu_count()
-            if gpus and device in ("auto", "cuda"):
-                return [f"cuda:{i % gpus}" for i in range(count or gpus)]
+            if gpus:  # "auto:N": GPU N if this torch build can use it, else the CPU (decided in the worker)
+                prefix = "auto:" if device == "auto" else "cuda:"
+                return [f"{prefix}{i % gpus}" for i in range(count or gpus)]
             device = "cpu" if device == "auto" else device
         return [device] * (count or 1)
 
@@ -200,7 +201,7 @@ class Supervisor:
         jobs = max(1, min(self.run_options.jobs, len(self._slots)))
         if device is None:
             return max(2, self._cores // jobs)
-        if device.startswith("cuda"):
+        if device.startswith(("cuda", "auto")):  # "auto:N" only when a GPU is visible
             return max(1, self._cores // (jobs + 1))
         return self._cores if get_spec(self.options.model.name).cpu_bound else max(1, self._cores // 2)
 
@@ -311,6 +312,7 @@ class Supervisor:
         worker.last_reply = time.monotonic()
         if kind == "ready":
             worker.ready = True
+            worker.device = message[1]["device"]  # what "auto:N" turned out to be
             self._emit({"event": "worker_started", "worker": worker.index, **message[1]})
         elif kind == "result":
             _, dispatch_id, results = message

@@ -69,7 +69,7 @@ def worker_main(conn: Connection, options: ModelOptions, parent_pid: int, crash_
         return
     adaptive = AdaptivePredictor(
         predictor,
-        options.batch_for(options.device),
+        options.batch_for(str(getattr(predictor, "device", options.device))),
         lambda limit, why: conn.send(("oom", {"batch_size": limit, "message": why})),
     )
     conn.send(("ready", {"pid": os.getpid(), "device": str(getattr(predictor, "device", options.device))}))

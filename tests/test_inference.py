@@ -145,3 +145,8 @@ def test_cuda_matches_cpu():
     np.testing.assert_array_equal(cuda.alphas, cpu.alphas)
     diff = np.abs(cuda.patches.astype(int) - cpu.patches)
     assert diff.max() <= 2 and diff.mean() < 0.05
+
+
+def test_auto_with_a_visible_gpu_falls_back_to_the_cpu_when_torch_cannot_use_it():
+    # The supervisor asks for "auto:N" when it sees NVIDIA GPUs; a CPU build of torch must still render.
+    assert resolve_device("auto:0") == "cpu"
