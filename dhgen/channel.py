@@ -67,7 +67,12 @@ class Channel:
         self._reader.join(timeout)
 
     def close(self) -> None:
+        """Stop the writer; close the pipe once the reader has seen EOF (never under a blocked reader: its file
+        descriptor could be reused by another file). The child is dead or stopping when this is called."""
         self._outbox.put(None)
+        self._reader.join(1.0)
+        if self._reader.is_alive():
+            return  # leave it to the process exit
         try:
             self.conn.close()
         except OSError:
@@ -77,7 +82,7 @@ class Channel:
         while True:
             try:
                 message = self.conn.recv()
-            except (EOFError, OSError, TypeError):
+            except Exception:  # noqa: BLE001 - EOF, or a pipe torn down mid-message: either way the child is gone
                 self._inbox.put(self.key, EOF_MESSAGE)
                 return
             self._inbox.put(self.key, message)
