@@ -19,7 +19,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from dhgen.errors import AudioDecodeError, MissingInputError
+from dhgen.errors import AudioDecodeError, MissingInputError, reason
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +97,8 @@ def _open_error(path: str, exc: Exception) -> Exception:
     """Our error for what PyAV or the OS raised: unreadable -> MissingInputError, else AudioDecodeError."""
     unreadable = (FileNotFoundError, PermissionError, IsADirectoryError)
     if isinstance(exc, unreadable) or not isinstance(exc, av.error.FFmpegError):
-        return MissingInputError(f"cannot read audio file {path}: {exc}", path=path)
-    return AudioDecodeError(f"cannot decode audio {path}: {exc}", path=path)
+        return MissingInputError(f"cannot read audio file: {reason(exc)}", path=path)
+    return AudioDecodeError(f"cannot decode audio: {reason(exc)}", path=path)
 
 
 def _decode_first_audio_stream(container, path: str) -> tuple[np.ndarray, float, int, int]:

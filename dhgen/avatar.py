@@ -23,7 +23,7 @@ import av
 import cv2
 import numpy as np
 
-from dhgen.errors import AvatarDecodeError, MissingInputError
+from dhgen.errors import AvatarDecodeError, MissingInputError, reason
 from dhgen.options import AvatarOptions
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def probe_avatar(path, options: AvatarOptions | None = None) -> AvatarInfo:
     except (av.error.FileNotFoundError, av.error.PermissionError, PermissionError) as exc:
         raise MissingInputError(f"cannot read avatar: {exc}", path=path) from exc
     except av.error.FFmpegError as exc:
-        raise AvatarDecodeError(f"cannot decode avatar: {exc}", path=path) from exc
+        raise AvatarDecodeError(f"cannot decode avatar: {reason(exc)}", path=path) from exc
 
 
 def _probe_container(container, path: str, options: AvatarOptions) -> AvatarInfo:
@@ -373,7 +373,7 @@ class _Decoder:
         try:
             return fn(*args, **kwargs)
         except av.error.FFmpegError as exc:
-            raise AvatarDecodeError(f"decoding failed: {exc}", path=self.info.path) from exc
+            raise AvatarDecodeError(f"decoding failed: {reason(exc)}", path=self.info.path) from exc
 
     def _open(self) -> None:
         self._container = self._call(av.open, self.info.path)

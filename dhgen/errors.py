@@ -127,6 +127,12 @@ class OutOfMemory(DhgenError):
     default_hint = "lower --batch-size or run fewer --jobs at once"
 
 
+def reason(exc: BaseException) -> str:
+    """The readable part of an OS or FFmpeg error ("Invalid data found when processing input"), without the
+    errno number and the repeated file name."""
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
 INPUT_ERRORS = (MissingInputError, AudioDecodeError, AvatarDecodeError, NoFaceError, ModelLoadError)
 
 

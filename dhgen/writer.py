@@ -24,7 +24,7 @@ import av
 import cv2
 import numpy as np
 
-from dhgen.errors import AudioDecodeError, DhgenError, EncodeError, MissingInputError, OutputError
+from dhgen.errors import AudioDecodeError, DhgenError, EncodeError, MissingInputError, OutputError, reason
 from dhgen.options import EncodeOptions
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def _wrap(exc: BaseException, path: Path, doing: str) -> BaseException:
     if isinstance(exc, OSError):  # includes av.error.OSError & co (they subclass the builtins)
         return output_error(exc, path, doing)
     if isinstance(exc, av.error.FFmpegError):
-        return EncodeError(f"encoder failed while {doing}: {exc}", path=path)
+        return EncodeError(f"encoder failed while {doing}: {reason(exc)}", path=path)
     return exc
 
 
@@ -127,7 +127,7 @@ class _AudioTranscoder:
         try:
             return next(self._frames, None)
         except av.error.FFmpegError as exc:
-            raise AudioDecodeError(f"cannot decode audio: {exc}", path=self.path) from exc
+            raise AudioDecodeError(f"cannot decode audio: {reason(exc)}", path=self.path) from exc
 
     def _encode(self, frame: av.AudioFrame) -> None:
         # Timestamps are re-made from the sample count: the track starts at 0 and has no gaps.
@@ -148,7 +148,7 @@ def _open_audio(path: Path) -> av.container.InputContainer:
     except (FileNotFoundError, PermissionError) as exc:
         raise MissingInputError(f"cannot read audio: {os.strerror(exc.errno or 0)}", path=path) from exc
     except av.error.FFmpegError as exc:
-        raise AudioDecodeError(f"cannot open audio: {exc}", path=path) from exc
+        raise AudioDecodeError(f"cannot open audio: {reason(exc)}", path=path) from exc
     if not source.streams.audio:
         source.close()
         raise AudioDecodeError("no audio stream", path=path)
