@@ -8,8 +8,10 @@ later, so the rest of the batch still renders); only the manifest's own shape is
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,11 +189,18 @@ def _safe_output(path: Path, row: _Row, out_dir: Path, output: str) -> Path:
     return target
 
 
-def file_digest(path: Path, chunk: int = 1 << 20) -> str:
-    """sha256 of a file's content, streamed."""
+def file_digest(path: Path) -> str:
+    """sha256 of a file's content, streamed. Remembered per (file, size, mtime): a batch of many jobs on one
+    avatar hashes it once per process, not once per job for the fingerprint and again for the face cache."""
+    stat = os.stat(path)
+    return _digest(os.fspath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _digest(path: str, inode: int, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(chunk):
+        while block := f.read(1 << 20):
             h.update(block)
     return h.hexdigest()
 

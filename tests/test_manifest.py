@@ -168,3 +168,15 @@ def test_input_fingerprint_follows_content_and_settings(tmp_path):
     assert first != input_fingerprint(job, {"crf": 20})
     a.unlink()
     assert input_fingerprint(job, {"crf": 20}) is None
+
+
+def test_a_file_is_hashed_once_until_it_changes(tmp_path):
+    from dhgen.manifest import _digest, file_digest
+
+    avatar = write(tmp_path / "v.mp4", "first")
+    first = file_digest(avatar)
+    reads = _digest.cache_info().misses
+    assert file_digest(avatar) == first and _digest.cache_info().misses == reads  # remembered, not re-read
+    os.utime(avatar, ns=(1, 1))
+    avatar.write_text("second")
+    assert file_digest(avatar) != first
