@@ -90,17 +90,6 @@ BAD_CSV = [
 ]
 
 
-@pytest.mark.parametrize(("text", "line", "words"), BAD_CSV)
-def test_malformed_csv_names_file_and_line(tmp_path, text, line, words):
-    manifest = write(tmp_path / "m.csv", text)
-    with pytest.raises(ManifestError) as info:
-        read_manifest(manifest, tmp_path / "out")
-    assert isinstance(info.value, UsageError)  # the CLI turns it into exit 2
-    assert f"{manifest}:{line}:" in info.value.message
-    assert words in info.value.message
-    assert info.value.hint
-
-
 BAD_JSONL = [
     ('{"audio": "a.wav", "avatar": "v.mp4"}\n{"audio": "b.wav", "avatar": \n', 2, "not valid JSON"),
     ('{"audio": "a.wav", "avatar": "v.mp4"}\n\n["a.wav", "v.mp4"]\n', 3, "JSON object"),
@@ -115,13 +104,18 @@ BAD_JSONL = [
 ]
 
 
-@pytest.mark.parametrize(("text", "line", "words"), BAD_JSONL)
-def test_malformed_jsonl_names_file_and_line(tmp_path, text, line, words):
-    manifest = write(tmp_path / "m.jsonl", text)
+@pytest.mark.parametrize(
+    ("suffix", "text", "line", "words"),
+    [(".csv", *case) for case in BAD_CSV] + [(".jsonl", *case) for case in BAD_JSONL],
+)
+def test_malformed_manifest_names_file_and_line(tmp_path, suffix, text, line, words):
+    manifest = write(tmp_path / f"m{suffix}", text)
     with pytest.raises(ManifestError) as info:
         read_manifest(manifest, tmp_path / "out")
+    assert isinstance(info.value, UsageError)  # the CLI turns it into exit 2
     assert f"{manifest}:{line}:" in info.value.message
     assert words in info.value.message
+    assert info.value.hint
 
 
 def test_output_through_a_symlink_out_of_the_folder_is_refused(tmp_path):
