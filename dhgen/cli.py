@@ -44,41 +44,79 @@ def _app() -> None:
     """dhgen: batch renderer for lip-synced talking-head videos."""
 
 
+# Option groups of `render --help` (Typer's rich panels).
+ONE_JOB, MANIFEST, MODEL, ENCODING, EXECUTION, REPORTING = (
+    "One job (no manifest)",
+    "Manifest batch",
+    "Model",
+    "Avatar and encoding",
+    "Execution and supervision",
+    "Progress and logs",
+)
+
+
 @app.command()
 def render(
     manifest: Annotated[Path | None, typer.Argument(help="CSV or JSONL manifest of jobs")] = None,
-    audio: Annotated[Path | None, typer.Option(help="one job: the audio file")] = None,
-    avatar: Annotated[Path | None, typer.Option(help="one job: the avatar video or image")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="one job: the output .mp4")] = None,
-    out: Annotated[Path, typer.Option(help="output folder for manifest jobs")] = Path("renders"),
-    log_path: Annotated[Path | None, typer.Option("--log", help="result log (default OUT/results.jsonl)")] = None,
-    resume: Annotated[bool, typer.Option(help="skip jobs already rendered from the same inputs")] = False,
-    model: Annotated[str, typer.Option(help="mouthwarp (built in) or wav2lip")] = "mouthwarp",
-    checkpoint: Annotated[Path | None, typer.Option(help="model weights (wav2lip)")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
-    workers: Annotated[int | None, typer.Option(min=1, help="inference workers (default: one per GPU)")] = None,
-    jobs: Annotated[int, typer.Option(min=1, help="jobs rendered at once")] = 2,
-    batch_size: Annotated[
-        int | None, typer.Option(min=1, help="face crops per model call (default 128 on CUDA, 16 on CPU)")
+    audio: Annotated[Path | None, typer.Option(help="the audio file", rich_help_panel=ONE_JOB)] = None,
+    avatar: Annotated[Path | None, typer.Option(help="the avatar video or image", rich_help_panel=ONE_JOB)] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="the output .mp4", rich_help_panel=ONE_JOB)
     ] = None,
-    retries: Annotated[int, typer.Option(min=0, help="extra attempts for retryable failures")] = 2,
-    stall_timeout: Annotated[float, typer.Option(min=1, help="seconds without progress before Stalled")] = 60.0,
-    job_timeout: Annotated[float | None, typer.Option(min=1, help="seconds one job attempt may take")] = None,
-    fps: Annotated[float, typer.Option(min=1, help="frame rate when the avatar is a still image")] = 25.0,
-    loop: Annotated[Loop, typer.Option(help="how a short avatar is extended")] = Loop.pingpong,
-    preset: Annotated[str, typer.Option(help="libx264 preset")] = "veryfast",
-    crf: Annotated[int, typer.Option(min=0, max=51, help="libx264 CRF")] = 20,
-    pads: Annotated[tuple[int, int, int, int], typer.Option(help="wav2lip face padding: top bottom left right")] = (
-        0,
-        10,
-        0,
-        0,
+    out: Annotated[Path, typer.Option(help="output folder for manifest jobs", rich_help_panel=MANIFEST)] = Path(
+        "renders"
     ),
-    progress: Annotated[Progress, typer.Option(help="progress display")] = Progress.auto,
-    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = "WARNING",
-    log_file: Annotated[Path | None, typer.Option(help="also append the log to this file")] = None,
-    metrics_file: Annotated[Path | None, typer.Option(help="Prometheus textfile kept up to date (cron)")] = None,
-    heartbeat: Annotated[float, typer.Option(min=0.1, help="plain progress: seconds between heartbeats")] = 30.0,
+    log_path: Annotated[
+        Path | None, typer.Option("--log", help="result log (default OUT/results.jsonl)", rich_help_panel=MANIFEST)
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="skip jobs already rendered from the same inputs", rich_help_panel=MANIFEST)
+    ] = False,
+    model: Annotated[str, typer.Option(help="mouthwarp (built in) or wav2lip", rich_help_panel=MODEL)] = "mouthwarp",
+    checkpoint: Annotated[Path | None, typer.Option(help="model weights (wav2lip)", rich_help_panel=MODEL)] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N", rich_help_panel=MODEL)] = "auto",
+    batch_size: Annotated[
+        int | None,
+        typer.Option(min=1, help="face crops per model call (default 128 on CUDA, 16 on CPU)", rich_help_panel=MODEL),
+    ] = None,
+    pads: Annotated[
+        tuple[int, int, int, int],
+        typer.Option(help="wav2lip face padding: top bottom left right", rich_help_panel=MODEL),
+    ] = (0, 10, 0, 0),
+    fps: Annotated[
+        float, typer.Option(min=1, help="frame rate when the avatar is a still image", rich_help_panel=ENCODING)
+    ] = 25.0,
+    loop: Annotated[
+        Loop, typer.Option(help="how a short avatar is extended", rich_help_panel=ENCODING)
+    ] = Loop.pingpong,
+    preset: Annotated[str, typer.Option(help="libx264 preset", rich_help_panel=ENCODING)] = "veryfast",
+    crf: Annotated[int, typer.Option(min=0, max=51, help="libx264 CRF", rich_help_panel=ENCODING)] = 20,
+    jobs: Annotated[int, typer.Option(min=1, help="jobs rendered at once", rich_help_panel=EXECUTION)] = 2,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="inference workers (default: one per GPU)", rich_help_panel=EXECUTION)
+    ] = None,
+    retries: Annotated[
+        int, typer.Option(min=0, help="extra attempts for retryable failures", rich_help_panel=EXECUTION)
+    ] = 2,
+    stall_timeout: Annotated[
+        float, typer.Option(min=1, help="seconds without progress before Stalled", rich_help_panel=EXECUTION)
+    ] = 60.0,
+    job_timeout: Annotated[
+        float | None, typer.Option(min=1, help="seconds one job attempt may take", rich_help_panel=EXECUTION)
+    ] = None,
+    progress: Annotated[Progress, typer.Option(help="progress display", rich_help_panel=REPORTING)] = Progress.auto,
+    log_level: Annotated[
+        str, typer.Option(help="DEBUG, INFO, WARNING or ERROR", rich_help_panel=REPORTING)
+    ] = "WARNING",
+    log_file: Annotated[
+        Path | None, typer.Option(help="also append the log to this file", rich_help_panel=REPORTING)
+    ] = None,
+    metrics_file: Annotated[
+        Path | None, typer.Option(help="Prometheus textfile kept up to date (cron)", rich_help_panel=REPORTING)
+    ] = None,
+    heartbeat: Annotated[
+        float, typer.Option(min=0.1, help="plain progress: seconds between heartbeats", rich_help_panel=REPORTING)
+    ] = 30.0,
 ) -> None:
     """Render every job of MANIFEST, or one job given with --audio/--avatar/-o."""
     from dhgen.progress import make_progress

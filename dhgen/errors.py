@@ -6,6 +6,7 @@ retried is decided by its class (`retryable`), never by matching message text.
 
 from __future__ import annotations
 
+import traceback
 from pathlib import Path
 
 
@@ -148,3 +149,32 @@ def _all_subclasses(cls):
     for sub in cls.__subclasses__():
         yield sub
         yield from _all_subclasses(sub)
+
+
+BUG_HINT = "this looks like a bug in dhgen: please report it with the traceback from the log"
+
+
+def failure_record(exc: BaseException) -> dict:
+    """The result-log form of any failure: ours carry their own record (a failure that happened in another process
+    keeps the record it arrived with); anything else is reported as a bug. The traceback of the cause travels too."""
+    if hasattr(exc, "remote_record"):
+        return exc.remote_record
+    if isinstance(exc, DhgenError):
+        record = exc.to_record()
+        if exc.__cause__ is not None:
+            record["traceback"] = "".join(traceback.format_exception(exc.__cause__)).strip()
+        return record
+    return {
+        "type": type(exc).__name__,
+        "message": str(exc) or repr(exc),
+        "retryable": False,
+        "hint": BUG_HINT,
+        "traceback": "".join(traceback.format_exception(exc)).strip(),
+    }
+
+
+def error_from_record(record: dict) -> DhgenError:
+    """An exception to raise here for a failure that happened elsewhere; its record travels on unchanged."""
+    exc = error_class(record.get("type", ""))(record.get("message", ""), hint=record.get("hint"))
+    exc.remote_record = record
+    return exc

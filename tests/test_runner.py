@@ -17,10 +17,11 @@ from conftest import FIXTURES, write_clip
 from test_results import DESIGN_FIELDS
 
 from dhgen.errors import OutputError, RunLocked
+from dhgen.executors.inprocess import InProcessExecutor
 from dhgen.manifest import Job, read_manifest
 from dhgen.options import EncodeOptions, FaceOptions, ModelOptions, RenderOptions, RunOptions
 from dhgen.results import last_records
-from dhgen.runner import InProcessExecutor, RunLock, render, render_settings
+from dhgen.runner import RunLock, render, render_settings
 
 
 @pytest.fixture

@@ -16,9 +16,10 @@ import av
 import pytest
 from conftest import FIXTURES
 
+from dhgen.executors.inprocess import InProcessExecutor
 from dhgen.manifest import Job
 from dhgen.options import EncodeOptions, RenderOptions, RunOptions
-from dhgen.runner import InProcessExecutor, render
+from dhgen.runner import render
 
 AUDIO = FIXTURES / "speech.wav"  # 4.4 s: long enough to hit a job mid-render
 SHORT_AUDIO = FIXTURES / "speech.m4a"  # 2 s
@@ -271,7 +272,7 @@ def test_a_second_run_on_the_same_folder_exits_75(tmp_path):
 
 
 def test_supervisor_and_job_processes_do_not_import_torch():
-    modules = "dhgen.cli, dhgen.runner, dhgen.supervisor, dhgen.jobproc, dhgen.pipeline"
+    modules = "dhgen.cli, dhgen.runner, dhgen.executors.local, dhgen.executors.local.jobproc, dhgen.pipeline"
     code = f"import sys, {modules}; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"

@@ -22,7 +22,6 @@ import dataclasses
 import logging
 import multiprocessing as mp
 import os
-import random
 import shutil
 import signal
 import tempfile
@@ -33,16 +32,18 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from pathlib import Path
 
-from dhgen.channel import EOF_MESSAGE, Channel, Inbox
-from dhgen.children import crash_tail, describe_exit
+from dhgen import events
 from dhgen.errors import Interrupted, JobProcessCrashed, JobTimeout, OutOfMemory, Stalled, WorkerCrashed
-from dhgen.jobproc import job_main
+from dhgen.events import EventFn
+from dhgen.executors.local.channel import EOF_MESSAGE, Channel, Inbox
+from dhgen.executors.local.children import crash_tail, describe_exit
+from dhgen.executors.local.jobproc import job_main
+from dhgen.executors.local.workerproc import worker_main
 from dhgen.manifest import Job
 from dhgen.models import get_spec
-from dhgen.options import RenderOptions, RunOptions
-from dhgen.results import JobRecord, utc_now
-from dhgen.runner import EventFn, fill_outcome, new_record
-from dhgen.workerproc import worker_main
+from dhgen.options import RenderOptions, RunOptions, job_options
+from dhgen.results import JobRecord, fill_outcome, new_record, utc_now
+from dhgen.retry import RetryPolicy
 from dhgen.writer import temp_path_for
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,7 @@ class Supervisor:
     def __init__(self, options: RenderOptions, run: RunOptions) -> None:
         self.options, self.run_options = options, run
         self._ctx = mp.get_context("spawn")
+        self._retry = RetryPolicy(run.retries, run.backoff_s)
         self._cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
     # --- the loop ---------------------------------------------------------------------------------------------
@@ -244,18 +246,10 @@ class Supervisor:
             slot.record.started_at = utc_now()
         process = self._idle_job_process() or self._spawn_job_process()
         process.slot = slot
-        process.channel.send(("job", slot.job, self.options))
+        process.channel.send(("job", slot.job, job_options(self.options, slot.job)))
         now = time.monotonic()
         slot.running = _Attempt(process, started=now, last_activity=now)
-        self._emit(
-            {
-                "event": "job_started",
-                "job_id": slot.job.id,
-                "attempt": slot.attempt_no,
-                "pid": process.proc.pid,
-                "time": utc_now(),
-            }
-        )
+        self._emit(events.job_started(slot.job.id, slot.attempt_no, process.proc.pid))
 
     def _idle_job_process(self) -> _JobProcess | None:
         return next((p for p in self._job_procs.values() if p.slot is None and p.proc.exitcode is None), None)
@@ -300,7 +294,7 @@ class Supervisor:
             attempt.rendering = attempt.rendering or counter == "decoded"
             self._emit_progress(slot, force=new_stage)
         elif kind == "done":
-            fill_outcome(slot.record, message[1], self.options)
+            fill_outcome(slot.record, message[1], job_options(self.options, slot.job))
             self._end_attempt(slot)
             self._finish(slot)
         elif kind == "failed":
@@ -313,15 +307,14 @@ class Supervisor:
         if kind == "ready":
             worker.ready = True
             worker.device = message[1]["device"]  # what "auto:N" turned out to be
-            self._emit({"event": "worker_started", "worker": worker.index, **message[1]})
+            self._emit(events.worker_started(worker.index, message[1]["pid"], message[1]["device"]))
         elif kind == "result":
             _, dispatch_id, results = message
             worker.served += 1
             self._fruitless = 0
             if worker.last_reply - worker.last_event >= PROGRESS_EVERY_S:
                 worker.last_event = worker.last_reply
-                served = {"worker": worker.index, "pid": worker.proc.pid, "served": worker.served}
-                self._emit({"event": "worker_progress", **served})
+                self._emit(events.worker_progress(worker.index, worker.proc.pid, worker.served))
             for item, patches in zip(worker.in_flight.pop(dispatch_id, []), results, strict=True):
                 self._deliver(item, ("patches", item.ticket, patches))
         elif kind == "error":
@@ -354,15 +347,8 @@ class Supervisor:
             return
         attempt.last_event = now
         elapsed = max(1e-6, now - attempt.started)
-        self._emit(
-            {
-                "event": "job_progress",
-                "job_id": slot.job.id,
-                "attempt": slot.attempt_no,
-                **slot.counters,
-                "fps": round(slot.counters.get("encoded", 0) / elapsed, 2),
-            }
-        )
+        fps = slot.counters.get("encoded", 0) / elapsed
+        self._emit(events.job_progress(slot.job.id, slot.attempt_no, slot.counters, fps))
 
     # --- batches -----------------------------------------------------------------------------------------------
 
@@ -502,30 +488,14 @@ class Supervisor:
 
     def _attempt_failed(self, slot: _Slot, error: dict) -> None:
         slot.record.errors.append(error)
-        if self._should_retry(slot, error):
-            delay = self.run_options.backoff_s * 2 ** (slot.attempt_no - 1) * random.uniform(0.5, 1.5)
+        if self._signal is None and self._retry.should_retry(error, slot.attempt_no, slot.record.errors):
+            delay = self._retry.delay(slot.attempt_no)
             slot.not_before = time.monotonic() + delay
-            self._emit(
-                {
-                    "event": "incident",
-                    "job_id": slot.job.id,
-                    "error": error,
-                    "action": f"retrying in {delay:.1f}s (attempt {slot.attempt_no + 1})",
-                    "time": utc_now(),
-                }
-            )
+            action = f"retrying in {delay:.1f}s (attempt {slot.attempt_no + 1})"
+            self._emit(events.incident(error, job_id=slot.job.id, action=action))
             return
         slot.record.error = error
         self._finish(slot)
-
-    def _should_retry(self, slot: _Slot, error: dict) -> bool:
-        if not error.get("retryable") or self._signal is not None:
-            return False
-        if slot.attempt_no > self.run_options.retries:
-            return False
-        if error.get("type") == JobTimeout.__name__:
-            return sum(e.get("type") == JobTimeout.__name__ for e in slot.record.errors) <= 1
-        return True
 
     def _finish(self, slot: _Slot) -> None:
         slot.finished = True
@@ -536,12 +506,12 @@ class Supervisor:
     def _incident(self, record: dict, job_ids: list[str], **details) -> None:
         for job_id in job_ids:
             self._slots[job_id].record.errors.append({**record, **details})
-        self._emit({"event": "incident", "job_ids": job_ids, "error": record, **details, "time": utc_now()})
+        self._emit(events.incident(record, job_ids=job_ids, **details))
 
     def _model_failed(self, record: dict) -> None:
         """The model cannot run (bad checkpoint, workers that keep dying): every waiting batch fails with it."""
         self._fatal = record
-        self._emit({"event": "incident", "error": record, "action": "no more inference", "time": utc_now()})
+        self._emit(events.incident(record, action="no more inference"))
         pending = list(self._queue) + [
             i for w in self._workers.values() for items in w.in_flight.values() for i in items
         ]

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from dhgen.children import init_child
-from dhgen.errors import DhgenError, error_class
+from dhgen.errors import error_from_record, failure_record
+from dhgen.executors.local.children import init_child
 from dhgen.manifest import Job
 from dhgen.models import CropBatch, PatchBatch
 from dhgen.options import RenderOptions
@@ -47,7 +46,7 @@ class RemoteInference:
                 continue  # meant for an earlier job
             if kind == "infer_failed":
                 self.forget()
-                raise remote_error(payload)
+                raise error_from_record(payload)
             self._arrived[got] = payload
         self._waiting.discard(ticket)
         return self._arrived.pop(ticket)
@@ -56,31 +55,6 @@ class RemoteInference:
         """The job ended: answers still on their way are stale from now on."""
         self._waiting.clear()
         self._arrived.clear()
-
-
-def remote_error(record: dict) -> DhgenError:
-    """An exception to raise in the job for a failure that happened elsewhere; its record travels unchanged."""
-    exc = error_class(record.get("type", ""))(record.get("message", ""), hint=record.get("hint"))
-    exc.remote_record = record
-    return exc
-
-
-def failure_record(exc: BaseException) -> dict:
-    """The result-log form of a failure, with the traceback of whatever caused it."""
-    if hasattr(exc, "remote_record"):
-        return exc.remote_record
-    if isinstance(exc, DhgenError):
-        record = exc.to_record()
-        if "traceback" not in record and exc.__cause__ is not None:
-            record["traceback"] = "".join(traceback.format_exception(exc.__cause__)).strip()
-        return record
-    return {
-        "type": type(exc).__name__,
-        "message": str(exc) or repr(exc),
-        "retryable": False,
-        "hint": "this looks like a bug in dhgen: please report it with the traceback",
-        "traceback": traceback.format_exc().strip(),
-    }
 
 
 def job_main(conn: Connection, parent_pid: int, crash_path: Path, threads: int) -> None:

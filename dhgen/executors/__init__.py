@@ -1,0 +1,32 @@
+"""Executors: what turns jobs into `JobRecord`s. Three alternatives behind one contract.
+
+    runner (lock, manifest, --resume, result log, events)
+        │  executor.run(jobs, fingerprints, emit) -> JobRecord per job
+        ├─ InProcessExecutor  dhgen.executors.inprocess   one job after another in this process (tests, simple API)
+        └─ Supervisor         dhgen.executors.local       job processes + inference workers on this machine
+
+Whatever runs a job, it renders the same frames through `dhgen.pipeline.render_job`, fills its record with
+`dhgen.results` (new_record / fill_outcome), decides retries with `dhgen.retry.RetryPolicy` and reports with
+`dhgen.events`, so the record fields, the typed errors and the exit code do not depend on the executor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol
+
+from dhgen.events import EventFn
+from dhgen.manifest import Job
+from dhgen.options import RenderOptions, RunOptions
+from dhgen.results import JobRecord
+
+
+class Executor(Protocol):
+    def run(self, jobs: list[Job], fingerprints: dict[str, str | None], emit: EventFn) -> Iterator[JobRecord]: ...
+
+
+def make_executor(options: RenderOptions, run: RunOptions) -> Executor:
+    """The executor `run.executor` names ("local" by default)."""
+    from dhgen.executors.local import Supervisor
+
+    return Supervisor(options, run)

@@ -1,0 +1,54 @@
+"""The inference worker process: loads the model once and serves batches of face crops from any job.
+
+From the supervisor: ("batch", dispatch_id, [CropBatch, ...]) or ("stop",). To it: ("ready", {pid, device}),
+("result", dispatch_id, [PatchBatch, ...]), ("oom", {batch_size, message}) when it halves its batch size after
+an out-of-memory error, ("error", dispatch_id, record) when a batch raised, ("fatal", record) when the model
+cannot be loaded (the worker then exits). Crops from several jobs are run as one forward pass, in slices of at
+most the current batch size (`dhgen.serving`).
+"""
+
+from __future__ import annotations
+
+import os
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from dhgen.errors import failure_record
+from dhgen.executors.local.children import init_child
+from dhgen.models import merge_batches, split_patches
+from dhgen.options import ModelOptions
+from dhgen.serving import AdaptivePredictor, load_for_serving
+
+
+def worker_main(conn: Connection, options: ModelOptions, parent_pid: int, crash_path: Path, threads: int) -> None:
+    """Entry point of an inference worker process (spawned by the supervisor)."""
+    init_child(parent_pid, crash_path, threads)
+    try:
+        predictor = load_for_serving(options, threads)
+    except Exception as exc:  # noqa: BLE001 - reported to the supervisor, typed
+        conn.send(("fatal", failure_record(exc)))
+        return
+    adaptive = AdaptivePredictor(
+        predictor,
+        options.batch_for(str(getattr(predictor, "device", options.device))),
+        lambda limit, why: conn.send(("oom", {"batch_size": limit, "message": why})),
+    )
+    conn.send(("ready", {"pid": os.getpid(), "device": str(getattr(predictor, "device", options.device))}))
+    _serve(conn, adaptive)
+
+
+def _serve(conn: Connection, predictor: AdaptivePredictor) -> None:
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return  # the supervisor is gone
+        if message[0] == "stop":
+            os._exit(0)  # nothing to save; skips torch's slow interpreter teardown
+        _, dispatch_id, batches = message
+        try:
+            result = predictor.predict(merge_batches(batches))
+        except Exception as exc:  # noqa: BLE001 - the jobs that sent this batch get the error
+            conn.send(("error", dispatch_id, failure_record(exc)))
+            continue
+        conn.send(("result", dispatch_id, split_patches(result, [len(b) for b in batches])))

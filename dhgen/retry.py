@@ -1,0 +1,32 @@
+"""Retry decisions, by error type only: one policy for every executor (in-process, local supervisor, Ray).
+
+A failure is retried when its record says `retryable` (set by its class in `dhgen.errors`), the job has attempts
+left, and the run is not stopping. `JobTimeout` is retried once. The delay doubles per attempt, with jitter.
+Never decided by matching message text.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from dhgen.errors import JobTimeout
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    retries: int = 2  # extra attempts after the first
+    backoff_s: float = 1.0  # delay before the second attempt; doubles each attempt, times a jitter of 0.5..1.5
+
+    def should_retry(self, error: dict, attempt: int, errors: list[dict]) -> bool:
+        """Whether a job whose attempt number `attempt` just failed with `error` gets another one; `errors` is every
+        incident recorded for the job so far, `error` included."""
+        if not error.get("retryable") or attempt > self.retries:
+            return False
+        if error.get("type") == JobTimeout.__name__:
+            return sum(e.get("type") == JobTimeout.__name__ for e in errors) <= 1
+        return True
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before attempt `attempt + 1`."""
+        return self.backoff_s * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)

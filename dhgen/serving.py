@@ -1,0 +1,64 @@
+"""Serving one model to many jobs: what an inference worker (local) or actor (Ray) wraps around a predictor.
+
+`load_for_serving` loads the model with the process's share of threads; `AdaptivePredictor` runs merged batches in
+slices of the current batch size and halves it on an out-of-memory error.
+
+Test hook: DHGEN_TEST_FAULT=raise makes every forward raise; DHGEN_TEST_FAULT=oom_above:N raises OutOfMemory
+for forward passes larger than N crops. Tests use it for faults that real signals cannot produce.
+"""
+
+from __future__ import annotations
+
+import os
+
+from dhgen.errors import OutOfMemory
+from dhgen.models import CropBatch, PatchBatch, concat_patches
+from dhgen.options import ModelOptions
+
+
+class AdaptivePredictor:
+    """Runs a batch in slices of `limit` crops; halves `limit` and retries on OutOfMemory."""
+
+    def __init__(self, predictor, limit: int, on_oom) -> None:
+        self.predictor, self.limit, self.on_oom = predictor, limit, on_oom
+
+    def predict(self, batch: CropBatch) -> PatchBatch:
+        while True:
+            try:
+                parts = [self.predictor.predict(self._slice(batch, i)) for i in range(0, len(batch), self.limit)]
+                return concat_patches(parts)
+            except OutOfMemory as exc:
+                if self.limit <= 1:
+                    raise
+                self.limit = max(1, self.limit // 2)
+                self.on_oom(self.limit, exc.message)
+
+    def _slice(self, batch: CropBatch, start: int) -> CropBatch:
+        end = start + self.limit
+        return CropBatch(batch.crops[start:end], batch.refs[start:end], batch.cond[start:end])
+
+
+class FaultInjector:
+    """The DHGEN_TEST_FAULT hook (see module docstring)."""
+
+    def __init__(self, predictor, fault: str) -> None:
+        self.predictor, self.fault = predictor, fault
+
+    def predict(self, batch: CropBatch) -> PatchBatch:
+        if self.fault == "raise":
+            raise RuntimeError("injected fault: the model raised (DHGEN_TEST_FAULT=raise)")
+        if self.fault.startswith("oom_above:") and len(batch) > int(self.fault.split(":")[1]):
+            raise OutOfMemory(f"injected CUDA out of memory for a batch of {len(batch)} (DHGEN_TEST_FAULT)")
+        return self.predictor.predict(batch)
+
+
+def load_for_serving(options: ModelOptions, threads: int):
+    """The predictor for `options` with `threads` CPU threads, wrapped in the test hook when it is set."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from dhgen.inference import load_predictor
+
+    predictor = load_predictor(options)
+    fault = os.environ.get("DHGEN_TEST_FAULT", "")
+    return FaultInjector(predictor, fault) if fault else predictor
