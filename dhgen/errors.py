@@ -97,7 +97,17 @@ class OutputError(DhgenError):
 
 
 class EncodeError(DhgenError):
-    default_hint = "check `dhgen doctor` for the libx264/aac encoders; try another --preset or --crf"
+    default_hint = "check `dhgen doctor` for the encoders that open here; try another --encoder, --preset or --crf"
+
+
+class HardwareEncodeError(EncodeError):
+    """A hardware encoder (NVENC, ...) failed to open or mid-stream: retried once, with the CPU encoder."""
+
+    retryable = True
+    default_hint = (
+        "the hardware encoder failed (NVENC allows few sessions at once on consumer cards); the job is retried once "
+        "with the CPU encoder. --encoder libx264 (or libx265) avoids it"
+    )
 
 
 # --- process and resource failures: retryable --------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 `render()` is the library API (the CLI is a thin layer over it). How jobs are executed is an executor's
 business (`dhgen.executors`): each yields one `JobRecord` per job it was given; the runner writes them.
+Before the lock is taken, the run's encoder is resolved once (`dhgen.encoders.resolve_encoder`: a named encoder
+that does not open here refuses the run with UsageError) and every job is handed the resolved name.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dhgen import events
+from dhgen.encoders import resolve_encoder, with_encoder
 from dhgen.errors import OutputError, RunLocked
 from dhgen.events import EventFn
 from dhgen.executors import Executor, make_executor
@@ -42,8 +45,11 @@ def render_settings(options: RenderOptions) -> dict:
     """The options that shape an output (what the input fingerprint covers); caches and devices excluded.
 
     A checkpoint counts by its content, so new weights under the same file name are not skipped by --resume.
+    The encoder counts as asked for (`auto`, the codec), not as resolved on this machine, so a run resumed on a box
+    without NVENC does not render again what NVENC rendered.
     """
     settings = dataclasses.asdict(options)
+    settings["encode"].pop("encoder_reason", None)
     settings["face"].pop("cache_dir", None)
     settings["model"].pop("device", None)
     settings["model"].pop("batch_size", None)
@@ -63,11 +69,13 @@ def render(
     on_event: EventFn | None = None,
     executor: Executor | None = None,
 ) -> RunSummary:
-    """Render every job; returns the records (also appended to the result log). Raises RunLocked."""
+    """Render every job; returns the records (also appended to the result log). Raises UsageError (an encoder
+    that does not open here) before the lock, then RunLocked."""
     options, run = options or RenderOptions(), run or RunOptions()
     jobs = list(jobs)
     emit = on_event or (lambda event: None)
-    executor = executor or make_executor(options, run)
+    resolved = dataclasses.replace(options, encode=with_encoder(options.encode, resolve_encoder(options.encode)))
+    executor = executor or make_executor(resolved, run)
     with RunLock(run.out_dir):
         return _render_locked(jobs, options, run, emit, executor)
 
@@ -76,7 +84,7 @@ def _render_locked(jobs, options, run, emit, executor) -> RunSummary:
     summary = RunSummary()
     result_log = ResultLog(run.results_path)
     previous = last_records(run.results_path) if run.resume else {}
-    settings = render_settings(options)
+    settings = render_settings(options)  # as asked for (see render_settings)
     fingerprints = {job.id: input_fingerprint(job, settings) for job in jobs}
     emit(events.run_started(len(jobs)))
     to_run = []

@@ -51,7 +51,14 @@ def test_records_carry_every_field_and_events_frame_the_run(tmp_path, options):
     assert (line["errors"], line["error"]) == ([], None)
     assert (line["frames"], line["fps"], line["width"], line["height"]) == (15, 25.0, 288, 288)
     assert line["duration_s"] == pytest.approx(0.6)
-    assert line["encoder"] == {"codec": "libx264", "preset": "veryfast", "crf": 20}
+    encoder = line["encoder"]
+    assert (encoder["codec"], encoder["preset"], encoder["crf"]) == ("h264", "veryfast", 20)
+    if encoder["name"] == "libx264":  # auto, on a machine without NVENC: says why not
+        assert encoder["settings"] == {"preset": "veryfast", "crf": "20"}
+        assert encoder["reason"].startswith("auto: h264_nvenc does not open here (") and encoder["reason"][-1] == ")"
+    else:
+        assert (encoder["name"], encoder["reason"]) == ("h264_nvenc", "auto: h264_nvenc opens here")
+    assert len(line["frames_digest"]) == 64 and int(line["frames_digest"], 16) >= 0
     assert line["output"] == str(out / "a.mp4") and line["audio"] == str(audio)
     started, finished = (datetime.fromisoformat(line[k].replace("Z", "+00:00")) for k in ("started_at", "finished_at"))
     assert started <= finished and line["elapsed_s"] >= 0
