@@ -77,6 +77,13 @@ def render(
     resume: Annotated[
         bool, typer.Option(help="skip jobs already rendered from the same inputs", rich_help_panel=MANIFEST)
     ] = False,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            help="with --resume: render again what would be skipped; exit 1 if its frames_digest changed",
+            rich_help_panel=MANIFEST,
+        ),
+    ] = False,
     model: Annotated[str, typer.Option(help="mouthwarp (built in) or wav2lip", rich_help_panel=MODEL)] = "mouthwarp",
     checkpoint: Annotated[Path | None, typer.Option(help="model weights (wav2lip)", rich_help_panel=MODEL)] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N", rich_help_panel=MODEL)] = "auto",
@@ -152,10 +159,13 @@ def render(
             encode=_encode_options(encoder, codec, preset, crf),
             model=_model_options(model, checkpoint, device, batch_size, pads),
         )
+        if verify and not resume:
+            raise UsageError("--verify needs --resume", hint="--resume --verify checks the last run's frames_digest")
         run = RunOptions(
             out_dir=out_dir,
             log_path=log_path,
             resume=resume,
+            verify=verify,
             jobs=jobs,
             workers=workers,
             retries=retries,

@@ -198,17 +198,19 @@ def probe(name: str) -> str | None:
 @contextlib.contextmanager
 def ffmpeg_log() -> Iterator[list]:
     """Collects FFmpeg's log lines in this thread (the why of a failed open: "Cannot load libcuda.so.1"), at error
-    level; PyAV's level is restored afterwards."""
+    level and repeats included; PyAV's logging settings are restored afterwards."""
     import av.logging
 
-    level = av.logging.get_level()
+    level, skip_repeated = av.logging.get_level(), av.logging.get_skip_repeated()
     if level is None or level < av.logging.ERROR:
         av.logging.set_level(av.logging.ERROR)
+    av.logging.set_skip_repeated(False)  # the second job's "Cannot load libcuda.so.1" is as worth saying
     try:
         with av.logging.Capture() as lines:
             yield lines
     finally:
         av.logging.set_level(level)
+        av.logging.set_skip_repeated(skip_repeated)
 
 
 def failure_words(exc: BaseException, lines: Iterable = ()) -> str:

@@ -110,6 +110,15 @@ class HardwareEncodeError(EncodeError):
     )
 
 
+class DigestMismatch(DhgenError):
+    """`--resume --verify`: a job rendered again made other frames than its last success (its output is the new one)."""
+
+    default_hint = (
+        "the same inputs and options made different frames: another dhgen or model version, or a model that is not "
+        "deterministic on this device (fp16 on a GPU); compare the outputs"
+    )
+
+
 # --- process and resource failures: retryable --------------------------------------------------------------------
 
 

@@ -68,6 +68,7 @@ class RunOptions:
     out_dir: Path = Path("renders")  # outputs land here unless a job names its own path
     log_path: Path | None = None  # result log; default out_dir/results.jsonl
     resume: bool = False  # skip jobs already rendered from the same inputs
+    verify: bool = False  # with resume: render again what would be skipped, and report frames_digest mismatches
     jobs: int = 2  # job processes at once
     workers: int | None = None  # inference workers; None: one per visible GPU, else one CPU worker
     retries: int = 2  # extra attempts for retryable failures

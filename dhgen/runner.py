@@ -2,8 +2,10 @@
 
 `render()` is the library API (the CLI is a thin layer over it). How jobs are executed is an executor's
 business (`dhgen.executors`): each yields one `JobRecord` per job it was given; the runner writes them.
-Before the lock is taken, the run's encoder is resolved once (`dhgen.encoders.resolve_encoder`: a named encoder
-that does not open here refuses the run with UsageError) and every job is handed the resolved name.
+`--resume --verify` renders again what would be skipped and reports a job whose `frames_digest` differs from its
+last success's (`dhgen.verify`). Before the lock is taken, the run's encoder is resolved once
+(`dhgen.encoders.resolve_encoder`: a named encoder that does not open here refuses the run with UsageError) and
+every job is handed the resolved name.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ from pathlib import Path
 
 from dhgen import events
 from dhgen.encoders import resolve_encoder, with_encoder
-from dhgen.errors import OutputError, RunLocked
+from dhgen.errors import DigestMismatch, OutputError, RunLocked
 from dhgen.events import EventFn
 from dhgen.executors import Executor, make_executor
 from dhgen.manifest import Job, file_digest, input_fingerprint
 from dhgen.options import RenderOptions, RunOptions
 from dhgen.results import JobRecord, ResultLog, already_done, last_records, skipped_record
+from dhgen.verify import MISMATCH, DigestCheck, check, digest_of
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class RunSummary:
     records: list[JobRecord] = field(default_factory=list)
+    mismatches: list[DigestCheck] = field(default_factory=list)  # --verify: jobs whose frames changed
 
     @property
     def failed(self) -> list[JobRecord]:
@@ -38,7 +42,7 @@ class RunSummary:
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.failed else 0
+        return 1 if self.failed or self.mismatches else 0
 
 
 def render_settings(options: RenderOptions) -> dict:
@@ -87,16 +91,34 @@ def _render_locked(jobs, options, run, emit, executor) -> RunSummary:
     settings = render_settings(options)  # as asked for (see render_settings)
     fingerprints = {job.id: input_fingerprint(job, settings) for job in jobs}
     emit(events.run_started(len(jobs)))
-    to_run = []
+    to_run, to_verify = [], {}
     for job in jobs:
-        if already_done(previous.get(job.id), job.output, fingerprints[job.id]):
-            _finish(summary, result_log, emit, skipped_record(previous[job.id]))
-        else:
+        if not already_done(previous.get(job.id), job.output, fingerprints[job.id]):
             to_run.append(job)
+        elif run.verify:  # rendered again; its digest is checked against the last success's
+            to_verify[job.id] = digest_of(previous[job.id])
+            to_run.append(job)
+        else:
+            _finish(summary, result_log, emit, skipped_record(previous[job.id]))
     for record in executor.run(to_run, fingerprints, emit):
+        if record.job_id in to_verify:
+            _verify(summary, record, to_verify[record.job_id], emit)
         _finish(summary, result_log, emit, record)
     emit(events.run_finished(_counts(summary)))
     return summary
+
+
+def _verify(summary: RunSummary, record: JobRecord, expected: str | None, emit: EventFn) -> None:
+    """--verify: a mismatch with the last success's frames_digest becomes an incident of the job (and exit 1)."""
+    result = check(record.job_id, expected, digest_of(dataclasses.asdict(record)))
+    if result.outcome != MISMATCH:
+        return
+    summary.mismatches.append(result)
+    error = DigestMismatch(
+        f"job {record.job_id}: frames_digest {result.actual} differs from the last success's {result.expected}"
+    ).to_record()
+    record.errors.append(error)
+    emit(events.incident(error, job_id=record.job_id, action="output replaced by the new render"))
 
 
 def _finish(summary: RunSummary, result_log: ResultLog, emit: EventFn, record: JobRecord) -> None:
