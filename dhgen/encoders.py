@@ -225,7 +225,7 @@ def failure_words(exc: BaseException, lines: Iterable = ()) -> str:
 def resolve_encoder(options: EncodeOptions) -> ResolvedEncoder:
     """The encoder a run with `options` uses, checked to open here; UsageError (exit 2) naming the encoder and what
     this build has when it cannot. Also checks that `--preset` maps onto it."""
-    codec = _requested_codec(options)
+    codec = requested_codec(options)
     if options.encoder == "auto":
         resolved = _auto(codec)
     else:
@@ -237,7 +237,8 @@ def resolve_encoder(options: EncodeOptions) -> ResolvedEncoder:
     return resolved
 
 
-def _requested_codec(options: EncodeOptions) -> str:
+def requested_codec(options: EncodeOptions) -> str:
+    """h264 / hevc: `--codec`, else the named encoder's, else h264 (UsageError for a codec it cannot make)."""
     if options.codec is not None and options.codec not in CODECS:
         raise UsageError(f"--codec {options.codec!r} is not supported", hint="use --codec h264 or --codec hevc")
     if options.encoder == "auto":

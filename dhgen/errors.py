@@ -114,8 +114,8 @@ class DigestMismatch(DhgenError):
     """`--resume --verify`: a job rendered again made other frames than its last success (its output is the new one)."""
 
     default_hint = (
-        "the same inputs and options made different frames: another dhgen or model version, or a model that is not "
-        "deterministic on this device (fp16 on a GPU); compare the outputs"
+        "the same inputs and options made other frames than last time: another dhgen or model version, or a model "
+        "that is not deterministic on this device (fp16 on a GPU)"
     )
 
 

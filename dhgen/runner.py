@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dhgen import events
-from dhgen.encoders import resolve_encoder, with_encoder
+from dhgen.encoders import requested_codec, resolve_encoder, with_encoder
 from dhgen.errors import DigestMismatch, OutputError, RunLocked
 from dhgen.events import EventFn
 from dhgen.executors import Executor, make_executor
@@ -54,6 +54,7 @@ def render_settings(options: RenderOptions) -> dict:
     """
     settings = dataclasses.asdict(options)
     settings["encode"].pop("encoder_reason", None)
+    settings["encode"]["codec"] = requested_codec(options.encode)  # --codec h264 is what no --codec means
     settings["face"].pop("cache_dir", None)
     settings["model"].pop("device", None)
     settings["model"].pop("batch_size", None)

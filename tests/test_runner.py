@@ -205,6 +205,10 @@ def test_the_fingerprint_covers_the_encoder_as_asked_not_as_resolved(options):
     assert settings["encode"]["encoder"] == "auto" and "encoder_reason" not in settings["encode"]
     hevc = dataclasses.replace(options, encode=EncodeOptions(codec="hevc"))
     assert render_settings(hevc) != settings
+    same = [EncodeOptions(codec="hevc"), EncodeOptions(encoder="auto", codec="hevc")]
+    assert len({json.dumps(render_settings(dataclasses.replace(options, encode=e))) for e in same}) == 1
+    h264 = dataclasses.replace(options, encode=EncodeOptions(codec="h264"))
+    assert render_settings(h264) == settings  # --codec h264 is the default spelt out
 
 
 @pytest.mark.skipif(probe("h264_nvenc") is None, reason="NVENC opens on this machine")
