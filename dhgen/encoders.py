@@ -234,6 +234,7 @@ def resolve_encoder(options: EncodeOptions) -> ResolvedEncoder:
             raise UsageError(f"--encoder {options.encoder} does not open here: {failure}", hint=_what_opens_hint())
         resolved = ResolvedEncoder(options.encoder, codec, "asked for by name", is_hardware(options.encoder))
     encoder_settings(resolved.name, options.preset, options.crf)
+    log.info("encoder %s (%s)", resolved.name, resolved.reason)
     return resolved
 
 
