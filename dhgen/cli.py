@@ -39,6 +39,11 @@ class Loop(str, Enum):
     loop = "loop"
 
 
+class Codec(str, Enum):
+    h264 = "h264"
+    hevc = "hevc"
+
+
 @app.callback()
 def _app() -> None:
     """dhgen: batch renderer for lip-synced talking-head videos."""
@@ -72,6 +77,13 @@ def render(
     resume: Annotated[
         bool, typer.Option(help="skip jobs already rendered from the same inputs", rich_help_panel=MANIFEST)
     ] = False,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            help="with --resume: render again what would be skipped; exit 1 if its frames_digest changed",
+            rich_help_panel=MANIFEST,
+        ),
+    ] = False,
     model: Annotated[str, typer.Option(help="mouthwarp (built in) or wav2lip", rich_help_panel=MODEL)] = "mouthwarp",
     checkpoint: Annotated[Path | None, typer.Option(help="model weights (wav2lip)", rich_help_panel=MODEL)] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N", rich_help_panel=MODEL)] = "auto",
@@ -89,8 +101,24 @@ def render(
     loop: Annotated[
         Loop, typer.Option(help="how a short avatar is extended", rich_help_panel=ENCODING)
     ] = Loop.pingpong,
-    preset: Annotated[str, typer.Option(help="libx264 preset", rich_help_panel=ENCODING)] = "veryfast",
-    crf: Annotated[int, typer.Option(min=0, max=51, help="libx264 CRF", rich_help_panel=ENCODING)] = 20,
+    encoder: Annotated[
+        str,
+        typer.Option(
+            help="auto (NVENC if it opens here, else libx264/libx265), or an H.264/HEVC encoder `dhgen doctor` lists",
+            rich_help_panel=ENCODING,
+        ),
+    ] = "auto",
+    codec: Annotated[
+        Codec | None,
+        typer.Option(help="h264 (default) or hevc; a named --encoder implies its own", rich_help_panel=ENCODING),
+    ] = None,
+    preset: Annotated[
+        str, typer.Option(help="x264 preset name, mapped per encoder (NVENC: p1..p7)", rich_help_panel=ENCODING)
+    ] = "veryfast",
+    crf: Annotated[
+        int,
+        typer.Option(min=0, max=51, help="quality on x264's CRF scale, mapped per encoder", rich_help_panel=ENCODING),
+    ] = 20,
     jobs: Annotated[int, typer.Option(min=1, help="jobs rendered at once", rich_help_panel=EXECUTION)] = 2,
     workers: Annotated[
         int | None, typer.Option(min=1, help="inference workers (default: one per GPU)", rich_help_panel=EXECUTION)
@@ -128,13 +156,16 @@ def render(
         options = RenderOptions(
             avatar=AvatarOptions(still_fps=fps, loop=loop.value),
             face=FaceOptions(),
-            encode=EncodeOptions(preset=preset, crf=crf),
+            encode=_encode_options(encoder, codec, preset, crf),
             model=_model_options(model, checkpoint, device, batch_size, pads),
         )
+        if verify and not resume:
+            raise UsageError("--verify needs --resume", hint="--resume --verify checks the last run's frames_digest")
         run = RunOptions(
             out_dir=out_dir,
             log_path=log_path,
             resume=resume,
+            verify=verify,
             jobs=jobs,
             workers=workers,
             retries=retries,
@@ -163,6 +194,8 @@ def _run(job_list: list[Job], options: RenderOptions, run: RunOptions, handlers)
             summary = render_jobs(job_list, options, run, on_event=on_event)
     except RunLocked as exc:
         _fail(exc, EXIT_LOCKED)
+    except UsageError as exc:
+        _fail(exc, EXIT_USAGE)
     except Interrupted as exc:
         typer.echo(f"stopped by {signal.Signals(exc.signum).name}; finished jobs are in the result log", err=True)
         raise typer.Exit(128 + exc.signum) from None
@@ -196,6 +229,15 @@ def _jobs(manifest, audio, avatar, output, out) -> tuple[list[Job], Path]:
     if output.suffix.lower() != ".mp4":
         raise UsageError(f"output {output} must end in .mp4", hint="name the output file like out.mp4")
     return [single_job(audio, avatar, output)], output.parent
+
+
+def _encode_options(encoder: str, codec: Codec | None, preset: str, crf: int) -> EncodeOptions:
+    """The encode options, with the encoder checked to open here (UsageError otherwise)."""
+    from dhgen.encoders import resolve_encoder
+
+    options = EncodeOptions(encoder=encoder, codec=codec.value if codec else None, preset=preset, crf=crf)
+    resolve_encoder(options)  # probes once; dhgen.runner.render reuses the answer
+    return options
 
 
 def _model_options(model, checkpoint, device, batch_size, pads) -> ModelOptions:

@@ -1,8 +1,9 @@
 """`dhgen doctor`: what this machine has that dhgen needs, each check with a status, and a verdict.
 
 Every fact comes from a probe (a plain function); `Probes` bundles them so tests can simulate a machine that
-lacks an encoder or the Haar cascade. Required checks that fail make the verdict "not ready" and the exit code
-1; warnings (no GPU, little free space) do not.
+lacks an encoder or the Haar cascade, or one where NVENC opens. The H.264/HEVC encoders are listed by opening a
+tiny encode with each (`dhgen.encoders.survey`), as `--encoder auto` decides. Required checks that fail make the
+verdict "not ready" and the exit code 1; warnings (no GPU, little free space, no HEVC encoder) do not.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from dhgen.encoders import CODECS, CPU_ENCODERS, NVENC_ENCODERS, EncoderInfo, survey
 from dhgen.options import default_cache_dir
 
 MIN_PYTHON = (3, 10)
@@ -107,6 +109,7 @@ class Probes:
     cache: Callable[[], tuple[Path, int]] = probe_cache
     output: Callable[[Path], tuple[int, bool]] = probe_output
     cpus: Callable[[], int] = probe_cpus
+    encoders: Callable[[], list[EncoderInfo]] = survey
 
 
 # --- checks ---------------------------------------------------------------------------------------------------
@@ -158,6 +161,38 @@ def check_media(probes: Probes) -> list[Check]:
     return checks
 
 
+def check_encoders(encoders: list[EncoderInfo]) -> list[Check]:
+    """Per codec, the encoders that open here (and what `auto` takes); then why NVENC is or is not used."""
+    checks = []
+    for codec in CODECS:
+        mine = [e for e in encoders if e.codec == codec]
+        opening = [e.name for e in mine if e.opens]
+        others = [e.name for e in mine if not e.opens]
+        rest = f"; in this build, not opening here: {', '.join(others)}" if others else ""
+        if not opening:
+            status = "fail" if codec == "h264" else "warn"
+            hint = "install the PyPI wheel of av (it bundles libx264 and libx265): pip install --force av"
+            checks.append(Check(f"{codec} encoders", status, f"none opens here{rest}", hint))
+            continue
+        auto = NVENC_ENCODERS[codec] if NVENC_ENCODERS[codec] in opening else CPU_ENCODERS[codec]
+        words = f"open here: {', '.join(opening)} (--encoder auto uses {auto}){rest}"
+        checks.append(Check(f"{codec} encoders", "ok", words))
+    return [*checks, _nvenc_check(encoders)]
+
+
+def _nvenc_check(encoders: list[EncoderInfo]) -> Check:
+    nvenc = [e for e in encoders if e.name in NVENC_ENCODERS.values()]
+    if not nvenc:
+        return Check("nvenc", "info", "not in this PyAV build: encoding runs on the CPU")
+    if all(e.opens for e in nvenc):
+        return Check("nvenc", "ok", f"{', '.join(e.name for e in nvenc)} open here: --encoder auto uses them")
+    failing = {}
+    for e in nvenc:
+        failing.setdefault(e.failure or "opens", []).append(e.name)
+    words = "; ".join(f"{', '.join(names)}: {why}" for why, names in failing.items())
+    return Check("nvenc", "info", f"{words} (auto uses the CPU encoder where NVENC does not open)")
+
+
 def check_cascade(probes: Probes) -> list[Check]:
     try:
         path = probes.cascade()
@@ -196,6 +231,7 @@ def check_cpus(probes: Probes) -> list[Check]:
 @dataclass
 class Report:
     checks: list[Check] = field(default_factory=list)
+    encoders: list[EncoderInfo] = field(default_factory=list)  # every H.264/HEVC encoder of the build, probed
 
     @property
     def failed(self) -> list[Check]:
@@ -225,15 +261,23 @@ class Report:
         return [*out, self.verdict()]
 
     def to_dict(self) -> dict:
-        return {"ready": not self.failed, "checks": [asdict(c) for c in self.checks], "verdict": self.verdict()}
+        return {
+            "ready": not self.failed,
+            "checks": [asdict(c) for c in self.checks],
+            "encoders": [{**asdict(e), "opens": e.opens} for e in self.encoders],
+            "verdict": self.verdict(),
+        }
 
 
 def run_doctor(out_dir: Path = Path("renders"), probes: Probes | None = None) -> Report:
     """Every check, in the order a person reads them."""
     probes = probes or Probes()
     report = Report()
-    for check in (check_python, check_torch, check_media, check_cascade):
+    for check in (check_python, check_torch, check_media):
         report.checks += check(probes)
+    report.encoders = probes.encoders()
+    report.checks += check_encoders(report.encoders)
+    report.checks += check_cascade(probes)
     report.checks += check_disk(probes, Path(out_dir))
     report.checks += check_cpus(probes)
     return report

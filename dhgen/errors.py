@@ -97,7 +97,26 @@ class OutputError(DhgenError):
 
 
 class EncodeError(DhgenError):
-    default_hint = "check `dhgen doctor` for the libx264/aac encoders; try another --preset or --crf"
+    default_hint = "check `dhgen doctor` for the encoders that open here; try another --encoder, --preset or --crf"
+
+
+class HardwareEncodeError(EncodeError):
+    """A hardware encoder (NVENC, ...) failed to open or mid-stream: retried once, with the CPU encoder."""
+
+    retryable = True
+    default_hint = (
+        "the hardware encoder failed (NVENC allows few sessions at once on consumer cards); the job is retried once "
+        "with the CPU encoder. --encoder libx264 (or libx265) avoids it"
+    )
+
+
+class DigestMismatch(DhgenError):
+    """`--resume --verify`: a job rendered again made other frames than its last success (its output is the new one)."""
+
+    default_hint = (
+        "the same inputs and options made other frames than last time: another dhgen or model version, or a model "
+        "that is not deterministic on this device (fp16 on a GPU)"
+    )
 
 
 # --- process and resource failures: retryable --------------------------------------------------------------------

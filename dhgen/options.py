@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from dhgen.encoders import after_failures
 
 
 def default_cache_dir() -> Path:
@@ -29,10 +33,13 @@ class FaceOptions:
 
 @dataclass(frozen=True)
 class EncodeOptions:
-    preset: str = "veryfast"  # libx264 preset
-    crf: int = 20  # libx264 constant rate factor (lower = better quality, bigger file)
-    threads: int = 0  # x264 threads; 0 lets the encoder choose
+    encoder: str = "auto"  # auto (NVENC if it opens here, else libx264/libx265) or an FFmpeg encoder name
+    codec: str | None = None  # h264 | hevc; None: the named encoder's codec, h264 for auto
+    preset: str = "veryfast"  # on x264's scale, mapped per encoder (dhgen.encoders)
+    crf: int = 20  # quality on x264's CRF scale (lower = better quality, bigger file), mapped per encoder
+    threads: int = 0  # encoder threads; 0 lets the encoder choose
     audio_bitrate: int = 128_000  # AAC bit rate, bits/s
+    encoder_reason: str = ""  # why this encoder (set by dhgen.encoders when it resolves `auto` or falls back)
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,7 @@ class RunOptions:
     out_dir: Path = Path("renders")  # outputs land here unless a job names its own path
     log_path: Path | None = None  # result log; default out_dir/results.jsonl
     resume: bool = False  # skip jobs already rendered from the same inputs
+    verify: bool = False  # with resume: render again what would be skipped, and report frames_digest mismatches
     jobs: int = 2  # job processes at once
     workers: int | None = None  # inference workers; None: one per visible GPU, else one CPU worker
     retries: int = 2  # extra attempts for retryable failures
@@ -74,7 +82,9 @@ class RunOptions:
         return self.log_path or self.out_dir / "results.jsonl"
 
 
-def job_options(options: RenderOptions, job) -> RenderOptions:
-    """The options `job` renders with: the run's options, with the job's own manifest settings on top.
-    Every executor renders a job with these."""
-    return options
+def job_options(options: RenderOptions, job, errors: Iterable[dict] = ()) -> RenderOptions:
+    """The options `job` renders with: the run's options, with the job's own manifest settings on top, and what the
+    job's earlier failures (`errors`, its record's incidents so far) change: after a hardware encoder failed, the
+    CPU encoder. Every executor renders each attempt of a job with these."""
+    encode = after_failures(options.encode, errors)
+    return options if encode is options.encode else dataclasses.replace(options, encode=encode)

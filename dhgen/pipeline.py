@@ -66,6 +66,8 @@ class JobOutcome:
     width: int
     height: int
     duration_s: float
+    frames_digest: str  # sha256 of the frames as handed to the encoder (dhgen.writer)
+    encoder: dict  # what encoded them, and why (dhgen.encoders.ResolvedEncoder.record)
 
 
 @dataclass
@@ -110,7 +112,15 @@ class _Job:
             while pending:
                 self._finish(pending.popleft(), inference, writer)
             written = writer.frames_written
-        return JobOutcome(written, info.fps, info.width, info.height, float(written / info.fps))
+        return JobOutcome(
+            written,
+            info.fps,
+            info.width,
+            info.height,
+            float(written / info.fps),
+            frames_digest=writer.frames_digest,
+            encoder=writer.encoder_record,
+        )
 
     def _rect(self, avatar_index: int) -> Rect | None:
         box = self.track.boxes[avatar_index] if avatar_index < len(self.track.boxes) else None

@@ -41,10 +41,11 @@ class JobRecord:
     height: int | None = None
     duration_s: float | None = None
     elapsed_s: float | None = None
-    encoder: dict | None = None  # {codec, preset, crf}
+    encoder: dict | None = None  # {name, codec, preset, crf, settings, reason}: what encoded the output, and why
     started_at: str | None = None
     finished_at: str | None = None
     input_fingerprint: str | None = None
+    frames_digest: str | None = None  # sha256 of the frames as handed to the encoder (dhgen.writer), when succeeded
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
@@ -63,13 +64,15 @@ def new_record(job, fingerprint: str | None) -> JobRecord:
     )
 
 
-def fill_outcome(record: JobRecord, outcome, options) -> None:
-    """Mark `record` succeeded with what the render produced (`pipeline.JobOutcome`) and the encoder it used."""
+def fill_outcome(record: JobRecord, outcome, options=None) -> None:
+    """Mark `record` succeeded with what the render produced (`pipeline.JobOutcome`): frames, size, the frames'
+    digest and the encoder that ran (the outcome says which; `options` is no longer needed)."""
     record.status = "succeeded"
     record.frames, record.fps = outcome.frames, round(float(outcome.fps), 6)
     record.width, record.height = outcome.width, outcome.height
     record.duration_s = round(outcome.duration_s, 6)
-    record.encoder = {"codec": "libx264", "preset": options.encode.preset, "crf": options.encode.crf}
+    record.encoder = outcome.encoder
+    record.frames_digest = outcome.frames_digest
 
 
 def skipped_record(previous: dict) -> JobRecord:

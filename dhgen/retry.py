@@ -1,8 +1,9 @@
 """Retry decisions, by error type only: one policy for every executor (in-process, local supervisor, Ray).
 
 A failure is retried when its record says `retryable` (set by its class in `dhgen.errors`), the job has attempts
-left, and the run is not stopping. `JobTimeout` is retried once. The delay doubles per attempt, with jitter.
-Never decided by matching message text.
+left, and the run is not stopping. `JobTimeout` and `HardwareEncodeError` are retried once (the attempt after a
+hardware encoder failed runs on the CPU encoder: `dhgen.options.job_options`). The delay doubles per attempt, with
+jitter. Never decided by matching message text.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from dhgen.errors import JobTimeout
+from dhgen.errors import HardwareEncodeError, JobTimeout
+
+RETRIED_ONCE = frozenset({JobTimeout.__name__, HardwareEncodeError.__name__})
 
 
 @dataclass(frozen=True)
@@ -23,8 +26,9 @@ class RetryPolicy:
         incident recorded for the job so far, `error` included."""
         if not error.get("retryable") or attempt > self.retries:
             return False
-        if error.get("type") == JobTimeout.__name__:
-            return sum(e.get("type") == JobTimeout.__name__ for e in errors) <= 1
+        kind = error.get("type")
+        if kind in RETRIED_ONCE:
+            return sum(e.get("type") == kind for e in errors) <= 1
         return True
 
     def delay(self, attempt: int) -> float:

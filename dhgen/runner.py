@@ -2,6 +2,10 @@
 
 `render()` is the library API (the CLI is a thin layer over it). How jobs are executed is an executor's
 business (`dhgen.executors`): each yields one `JobRecord` per job it was given; the runner writes them.
+`--resume --verify` renders again what would be skipped and reports a job whose `frames_digest` differs from its
+last success's (`dhgen.verify`). Before the lock is taken, the run's encoder is resolved once
+(`dhgen.encoders.resolve_encoder`: a named encoder that does not open here refuses the run with UsageError) and
+every job is handed the resolved name.
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dhgen import events
-from dhgen.errors import OutputError, RunLocked
+from dhgen.encoders import requested_codec, resolve_encoder, with_encoder
+from dhgen.errors import DigestMismatch, OutputError, RunLocked
 from dhgen.events import EventFn
 from dhgen.executors import Executor, make_executor
 from dhgen.manifest import Job, file_digest, input_fingerprint
 from dhgen.options import RenderOptions, RunOptions
 from dhgen.results import JobRecord, ResultLog, already_done, last_records, skipped_record
+from dhgen.verify import MISMATCH, DigestCheck, check, digest_of
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +34,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class RunSummary:
     records: list[JobRecord] = field(default_factory=list)
+    mismatches: list[DigestCheck] = field(default_factory=list)  # --verify: jobs whose frames changed
 
     @property
     def failed(self) -> list[JobRecord]:
@@ -35,15 +42,19 @@ class RunSummary:
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.failed else 0
+        return 1 if self.failed or self.mismatches else 0
 
 
 def render_settings(options: RenderOptions) -> dict:
     """The options that shape an output (what the input fingerprint covers); caches and devices excluded.
 
     A checkpoint counts by its content, so new weights under the same file name are not skipped by --resume.
+    The encoder counts as asked for (`auto`, the codec), not as resolved on this machine, so a run resumed on a box
+    without NVENC does not render again what NVENC rendered.
     """
     settings = dataclasses.asdict(options)
+    settings["encode"].pop("encoder_reason", None)
+    settings["encode"]["codec"] = requested_codec(options.encode)  # --codec h264 is what no --codec means
     settings["face"].pop("cache_dir", None)
     settings["model"].pop("device", None)
     settings["model"].pop("batch_size", None)
@@ -63,11 +74,13 @@ def render(
     on_event: EventFn | None = None,
     executor: Executor | None = None,
 ) -> RunSummary:
-    """Render every job; returns the records (also appended to the result log). Raises RunLocked."""
+    """Render every job; returns the records (also appended to the result log). Raises UsageError (an encoder
+    that does not open here) before the lock, then RunLocked."""
     options, run = options or RenderOptions(), run or RunOptions()
     jobs = list(jobs)
     emit = on_event or (lambda event: None)
-    executor = executor or make_executor(options, run)
+    resolved = dataclasses.replace(options, encode=with_encoder(options.encode, resolve_encoder(options.encode)))
+    executor = executor or make_executor(resolved, run)
     with RunLock(run.out_dir):
         return _render_locked(jobs, options, run, emit, executor)
 
@@ -76,19 +89,37 @@ def _render_locked(jobs, options, run, emit, executor) -> RunSummary:
     summary = RunSummary()
     result_log = ResultLog(run.results_path)
     previous = last_records(run.results_path) if run.resume else {}
-    settings = render_settings(options)
+    settings = render_settings(options)  # as asked for (see render_settings)
     fingerprints = {job.id: input_fingerprint(job, settings) for job in jobs}
     emit(events.run_started(len(jobs)))
-    to_run = []
+    to_run, to_verify = [], {}
     for job in jobs:
-        if already_done(previous.get(job.id), job.output, fingerprints[job.id]):
-            _finish(summary, result_log, emit, skipped_record(previous[job.id]))
-        else:
+        if not already_done(previous.get(job.id), job.output, fingerprints[job.id]):
             to_run.append(job)
+        elif run.verify:  # rendered again; its digest is checked against the last success's
+            to_verify[job.id] = digest_of(previous[job.id])
+            to_run.append(job)
+        else:
+            _finish(summary, result_log, emit, skipped_record(previous[job.id]))
     for record in executor.run(to_run, fingerprints, emit):
+        if record.job_id in to_verify:
+            _verify(summary, record, to_verify[record.job_id], emit)
         _finish(summary, result_log, emit, record)
     emit(events.run_finished(_counts(summary)))
     return summary
+
+
+def _verify(summary: RunSummary, record: JobRecord, expected: str | None, emit: EventFn) -> None:
+    """--verify: a mismatch with the last success's frames_digest becomes an incident of the job (and exit 1)."""
+    result = check(record.job_id, expected, digest_of(dataclasses.asdict(record)))
+    if result.outcome != MISMATCH:
+        return
+    summary.mismatches.append(result)
+    error = DigestMismatch(
+        f"job {record.job_id}: frames_digest {result.actual} differs from the last success's {result.expected}"
+    ).to_record()
+    record.errors.append(error)
+    emit(events.incident(error, job_id=record.job_id, action="output replaced by the new render"))
 
 
 def _finish(summary: RunSummary, result_log: ResultLog, emit: EventFn, record: JobRecord) -> None:

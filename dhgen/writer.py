@@ -1,7 +1,8 @@
-"""The output file: H.264 + AAC in MP4, written in one pass with PyAV.
+"""The output file: H.264 or HEVC + AAC in MP4, written in one pass with PyAV.
 
 `VideoWriter` owns everything about the file on disk. Frames (BGR uint8) are converted to yuv420p with OpenCV
-and encoded with libx264; the source audio is decoded and AAC-encoded incrementally, muxed up to the current video
+and encoded with the run's encoder (`dhgen.encoders`: libx264 by default; HEVC is tagged `hvc1`, which Safari and
+QuickTime require); the source audio is decoded and AAC-encoded incrementally, muxed up to the current video
 time as frames arrive, so the file is interleaved and memory stays flat. All of it goes to a temp file beside the
 target (`.<name>.<pid>.partial.mp4`, moov atom first); on success that file is fsynced and atomically renamed
 over the target, on any failure it is deleted and the target is left as it was.
@@ -10,12 +11,20 @@ Measured on the 2-core dev box (ms per frame, 720p / 1080p): `cv2.cvtColor(BGR2Y
 (yuv420p)` 0.7 / 1.9, against 3.0 / 15.5 for swscale's bgr24->yuv420p (what the encoder's own reformat or
 `frame.reformat` does), so OpenCV converts (~4 ms less CPU per 720p frame end to end). x264 runs frame threads:
 one 720p writer made ~12 % more frames/s than with PyAV's default slice threads, at about the same CPU per frame.
+
+`frames_digest` is a sha256 over the yuv420p frames exactly as handed to the encoder (per frame the Y plane, then
+U, then V, rows unpadded): the same inputs and options give the same digest whatever encoder, threads, executor or
+crash-and-replay produced the file. It costs ~1 ms of CPU per 720p frame (sha256 with SHA-NI): ~4 % of a libx264
+veryfast writer's CPU, ~2.4 % of libx265's (tools/digest_cost.py). It is hashed inline: hashing on a background
+thread measured no better on 2 cores (CPU +4 %, wall +5 %, within noise), and where the encoders keep every core
+busy only CPU counts.
 """
 
 from __future__ import annotations
 
 import errno
 import fractions
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -24,7 +33,16 @@ import av
 import cv2
 import numpy as np
 
-from dhgen.errors import AudioDecodeError, DhgenError, EncodeError, MissingInputError, OutputError, reason
+from dhgen.encoders import ResolvedEncoder, encoder_for, encoder_settings, failure_words, family, ffmpeg_log
+from dhgen.errors import (
+    AudioDecodeError,
+    DhgenError,
+    EncodeError,
+    HardwareEncodeError,
+    MissingInputError,
+    OutputError,
+    reason,
+)
 from dhgen.options import EncodeOptions
 
 log = logging.getLogger(__name__)
@@ -37,6 +55,11 @@ AAC_MAX_BITS_PER_SAMPLE = 6  # 6144 bits per channel per 1024-sample frame: the 
 # cv2's BGR->I420 is the BT.601 matrix in limited range; tag the stream so players do not assume BT.709 for HD.
 _AVCOL_SPC_SMPTE170M = 6
 _AVCOL_RANGE_MPEG = 1
+HEVC_TAG = "hvc1"  # parameter sets in the sample entry: what Safari/QuickTime play (FFmpeg's default hev1 is not)
+
+# Test hook: DHGEN_TEST_FAULT=encoder_eof_at:N flushes the encoder before frame N, so FFmpeg refuses that frame
+# (a real encoder failure mid-stream, as when a hardware encoder is lost).
+_FAULT_PREFIX = "encoder_eof_at:"
 
 _OUTPUT_HINTS = {
     errno.ENOSPC: "free disk space on the output volume",
@@ -156,10 +179,12 @@ def _open_audio(path: Path) -> av.container.InputContainer:
 
 
 class VideoWriter:
-    """Context manager writing `target` as H.264 (yuv420p) + AAC MP4; see the module docstring.
+    """Context manager writing `target` as H.264/HEVC (yuv420p) + AAC MP4; see the module docstring.
 
     Usage: `with VideoWriter(out, w, h, fps, audio, options) as writer: writer.write(bgr_frame)`.
     The caller writes round(audio_duration * fps) frames; the audio track is always the source's full length.
+    After the block: `frames_written`, `frames_digest`, and `encoder_record` (what ran, for the result record).
+    An encoder failure raises EncodeError (HardwareEncodeError for a hardware encoder), a file failure OutputError.
     """
 
     def __init__(
@@ -180,7 +205,12 @@ class VideoWriter:
         self.fps = fractions.Fraction(fps)
         self.audio_path = Path(audio_path)
         self.options = options
+        self.encoder: ResolvedEncoder = encoder_for(options)
+        self.settings = encoder_settings(self.encoder.name, options.preset, options.crf, options.threads)
         self.frames_written = 0
+        self._digest = hashlib.sha256()
+        self._frames_digest = ""
+        self._fault_at = _fault_frame()
         self._container: av.container.OutputContainer | None = None
         self._video: av.video.stream.VideoStream | None = None
         self._audio: _AudioTranscoder | None = None
@@ -211,6 +241,15 @@ class VideoWriter:
             _raise_wrapped(err, self.target, "finishing the file")
         return False
 
+    @property
+    def frames_digest(self) -> str:
+        """sha256 (hex) of the yuv420p frames handed to the encoder (see the module docstring); after the block."""
+        return self._frames_digest
+
+    @property
+    def encoder_record(self) -> dict:
+        return self.encoder.record(self.options, self.settings)
+
     # --- frames -----------------------------------------------------------------------------------------------
 
     def write(self, frame: np.ndarray) -> None:
@@ -219,40 +258,70 @@ class VideoWriter:
             raise ValueError(f"expected a {self.height}x{self.width}x3 uint8 frame, got {frame.shape} {frame.dtype}")
         if self._container is None:
             raise RuntimeError("VideoWriter.write() outside its `with` block")
-        video_frame = av.VideoFrame.from_ndarray(cv2.cvtColor(frame, cv2.COLOR_BGR2YUV_I420), format="yuv420p")
+        yuv = cv2.cvtColor(frame, cv2.COLOR_BGR2YUV_I420)  # Y, U, V planes one after another, unpadded
+        self._digest.update(yuv)
+        video_frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
         video_frame.pts = self.frames_written
+        packets = self._encode(video_frame, f"encoding frame {self.frames_written}")
         try:
-            self._container.mux(self._video.encode(video_frame))
+            self._container.mux(packets)
             self.frames_written += 1
             self._audio.mux_until(self.frames_written / self.fps)
         except (av.error.FFmpegError, OSError) as exc:
             raise _wrap(exc, self.target, f"writing frame {self.frames_written}") from exc
+
+    def _encode(self, frame: av.VideoFrame | None, doing: str) -> list:
+        """The encoder's packets for `frame` (None: flush); any failure of the encoder is the encoder's error, even
+        one FFmpeg words as an OS error (NVENC out of sessions is EPERM/ENOMEM)."""
+        if frame is not None and self._fault_at == self.frames_written:
+            self._container.mux(self._video.encode(None))
+        try:
+            return self._video.encode(frame)
+        except av.error.FFmpegError as exc:
+            raise self._encoder_error(exc, doing) from exc
+
+    def _encoder_error(self, exc: BaseException, doing: str, lines=()) -> EncodeError:
+        cls = HardwareEncodeError if self.encoder.hardware else EncodeError
+        return cls(f"{self.encoder.name} failed {doing}: {failure_words(exc, lines)}", path=self.target)
 
     # --- internals --------------------------------------------------------------------------------------------
 
     def _open(self) -> None:
         self._container = av.open(str(self.temp), "w", format="mp4", container_options={"movflags": "+faststart"})
         self._video = self._add_video_stream(self._container)
+        self._open_encoder()
         self._audio = _AudioTranscoder(self.audio_path, self._container, self.options.audio_bitrate)
 
     def _add_video_stream(self, container: av.container.OutputContainer) -> av.video.stream.VideoStream:
-        stream = container.add_stream("libx264", rate=self.fps)
+        stream = container.add_stream(self.encoder.name, rate=self.fps)
         stream.width = self.width
         stream.height = self.height
         stream.pix_fmt = "yuv420p"
-        stream.options = {"preset": self.options.preset, "crf": str(self.options.crf)}
+        stream.options = dict(self.settings)
+        if self.encoder.codec == "hevc":
+            stream.codec_tag = HEVC_TAG
         ctx = stream.codec_context
-        ctx.thread_type = "FRAME"  # PyAV defaults to SLICE (see the module docstring)
-        ctx.thread_count = max(self.options.threads, 0)  # 0: x264 picks from the core count
+        if family(self.encoder.name) == "x264":
+            ctx.thread_type = "FRAME"  # PyAV defaults to SLICE (see the module docstring)
+            ctx.thread_count = max(self.options.threads, 0)  # 0: x264 picks from the core count
         ctx.colorspace = _AVCOL_SPC_SMPTE170M
         ctx.color_range = _AVCOL_RANGE_MPEG
         return stream
 
+    def _open_encoder(self) -> None:
+        """Open the encoder now, before any frame is made: a hardware encoder out of sessions fails here."""
+        with ffmpeg_log() as lines:
+            try:
+                self._video.codec_context.open()
+            except av.error.FFmpegError as exc:
+                raise self._encoder_error(exc, "to open", lines) from exc
+
     def _finish(self) -> None:
         if self.frames_written == 0:
             raise EncodeError("no video frames were written", path=self.target)
-        self._container.mux(self._video.encode(None))
+        self._container.mux(self._encode(None, "flushing its last frames"))
         self._audio.mux_rest()
+        self._frames_digest = self._digest.hexdigest()
         self._close_media()
         _fsync_path(self.temp)
         os.replace(self.temp, self.target)
@@ -281,6 +350,12 @@ class VideoWriter:
             pass
         except OSError as exc:
             log.warning("could not delete the temporary file %s: %s", self.temp, exc)
+
+
+def _fault_frame() -> int | None:
+    """The frame before which the test hook flushes the encoder (see DHGEN_TEST_FAULT above), if set."""
+    fault = os.environ.get("DHGEN_TEST_FAULT", "")
+    return int(fault[len(_FAULT_PREFIX) :]) if fault.startswith(_FAULT_PREFIX) else None
 
 
 def _fsync_path(path: Path) -> None:

@@ -60,6 +60,11 @@ def decode(path: Path) -> tuple[list[str], np.ndarray]:
         ["--audio", "a.wav", "--avatar", "v.mp4", "-o", "o.mp4", "--jobs", "0"],
         ["--audio", "a.wav", "--avatar", "v.mp4", "-o", "o.mp4", "--no-such-option"],
         ["does-not-exist.csv"],
+        ["--audio", "a.wav", "--avatar", "v.mp4", "-o", "o.mp4", "--encoder", "libvpx-vp9"],  # not H.264/HEVC
+        ["--audio", "a.wav", "--avatar", "v.mp4", "-o", "o.mp4", "--encoder", "libx264", "--codec", "hevc"],
+        ["--audio", "a.wav", "--avatar", "v.mp4", "-o", "o.mp4", "--codec", "vp9"],
+        ["--audio", "a.wav", "--avatar", "v.mp4", "-o", "o.mp4", "--preset", "p9"],  # no such x264 preset
+        ["--audio", "a.wav", "--avatar", "v.mp4", "-o", "o.mp4", "--verify"],  # needs --resume
     ],
 )
 def test_usage_errors_exit_2(tmp_path, monkeypatch, args):
@@ -235,3 +240,33 @@ def test_one_job_form_writes_the_named_file(tmp_path):
     assert codecs == ["h264", "aac"] and frames.shape == (15, 288, 288, 3)
     [rec] = records(target.parent / "results.jsonl").values()  # the log goes beside the output
     assert rec["status"] == "succeeded" and rec["output"] == str(target)
+
+
+def test_an_encoder_that_does_not_open_here_exits_2_naming_it_and_what_opens(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    audio = write_clip(tmp_path / "a.wav", 0.4)
+    # libx264rgb is in the build but takes RGB only, so it opens nowhere for dhgen's yuv420p (as NVENC does not here)
+    result = invoke("--audio", audio, "--avatar", FIXTURES / "portrait.png", "-o", "o.mp4", "--encoder", "libx264rgb")
+    assert result.exit_code == 2, result.output
+    assert result.output.count("error:") == 1 and result.output.count("hint:") == 1
+    assert "--encoder libx264rgb does not open here" in result.output and "yuv420p" in result.output
+    assert "encoders that open here: libx264, libx265" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav"]  # no lock, no log, no output
+
+
+def test_hevc_output_is_tagged_hvc1_and_verifies_on_resume(tmp_path):
+    audio = write_clip(tmp_path / "a.wav", 0.6)
+    target = tmp_path / "out" / "clip.mp4"
+    args = ("--audio", audio, "--avatar", FIXTURES / "portrait.png", "-o", target, "--codec", "hevc")
+    proc = run_dhgen(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "x265 [info]" not in proc.stderr  # x265's banner stays out of the user's terminal
+    with av.open(str(target)) as container:
+        video = container.streams.video[0]
+        assert (video.codec_context.name, video.codec_tag, video.frames) == ("hevc", "hvc1", 15)
+    [rec] = records(target.parent / "results.jsonl").values()
+    assert rec["encoder"]["codec"] == "hevc" and rec["encoder"]["name"] in ("libx265", "hevc_nvenc")
+    again = run_dhgen(*args, "--resume", "--verify", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    first, second = map(json.loads, (target.parent / "results.jsonl").read_text().splitlines())
+    assert second["status"] == "succeeded" and second["frames_digest"] == first["frames_digest"]

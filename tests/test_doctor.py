@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from dhgen.cli import app
 from dhgen.doctor import EXIT_NOT_READY, EXIT_READY, Probes, run_doctor
+from dhgen.encoders import EncoderInfo
 
 
 def status_of(report, name: str) -> str:
@@ -69,3 +70,41 @@ def test_warnings_do_not_fail_but_missing_torch_and_an_unwritable_folder_do(tmp_
     report = run_doctor(tmp_path, dataclasses.replace(base, torch=no_torch, output=lambda folder: (10**12, False)))
     assert report.exit_code == EXIT_NOT_READY
     assert report.verdict() == "verdict: NOT READY, missing: torch, output folder"
+
+
+def test_the_encoders_that_open_here_are_listed_and_in_the_json(tmp_path):
+    report = run_doctor(tmp_path)
+    h264 = next(c for c in report.checks if c.name == "h264 encoders")
+    hevc = next(c for c in report.checks if c.name == "hevc encoders")
+    assert h264.status == "ok" and h264.detail.startswith("open here: libx264")
+    assert hevc.status == "ok" and hevc.detail.startswith("open here: libx265")
+    assert "h264_nvenc" in "\n".join(report.lines())  # opening or not, NVENC is accounted for
+    by_name = {e["name"]: e for e in report.to_dict()["encoders"]}
+    assert by_name["libx264"] == {"name": "libx264", "codec": "h264", "hardware": False, "failure": None, "opens": True}
+    assert by_name["h264_nvenc"]["hardware"] and by_name["h264_nvenc"]["opens"] == (
+        by_name["h264_nvenc"]["failure"] is None
+    )
+    result = CliRunner().invoke(app, ["doctor", "--json", "--out", str(tmp_path)])
+    assert {e["name"] for e in json.loads(result.output)["encoders"]} >= {"libx264", "libx265", "h264_nvenc"}
+
+
+def test_a_box_where_nvenc_opens_says_auto_uses_it(tmp_path):
+    encoders = [
+        EncoderInfo("libx264", "h264", False, None),
+        EncoderInfo("h264_nvenc", "h264", True, None),
+        EncoderInfo("libx265", "hevc", False, None),
+        EncoderInfo("hevc_nvenc", "hevc", True, None),
+    ]
+    report = run_doctor(tmp_path, Probes(encoders=lambda: encoders))
+    assert "(--encoder auto uses h264_nvenc)" in next(c.detail for c in report.checks if c.name == "h264 encoders")
+    assert status_of(report, "nvenc") == "ok"
+
+
+def test_a_box_without_hevc_warns_and_one_without_h264_is_not_ready(tmp_path):
+    h264_only = [EncoderInfo("libx264", "h264", False, None), EncoderInfo("h264_nvenc", "h264", True, "No NVENC")]
+    report = run_doctor(tmp_path, Probes(encoders=lambda: h264_only))
+    assert status_of(report, "hevc encoders") == "warn" and report.exit_code == EXIT_READY
+    assert "h264_nvenc: No NVENC" in next(c.detail for c in report.checks if c.name == "nvenc")
+    broken = [EncoderInfo("libx264", "h264", False, "Invalid argument")]
+    report = run_doctor(tmp_path, Probes(encoders=lambda: broken))
+    assert status_of(report, "h264 encoders") == "fail" and report.exit_code == EXIT_NOT_READY

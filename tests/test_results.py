@@ -25,6 +25,7 @@ DESIGN_FIELDS = {
     "started_at",
     "finished_at",
     "input_fingerprint",
+    "frames_digest",
 }
 
 

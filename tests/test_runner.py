@@ -16,11 +16,13 @@ import pytest
 from conftest import FIXTURES, write_clip
 from test_results import DESIGN_FIELDS
 
-from dhgen.errors import OutputError, RunLocked
+from dhgen.encoders import probe
+from dhgen.errors import OutputError, RunLocked, UsageError
 from dhgen.executors.inprocess import InProcessExecutor
 from dhgen.manifest import Job, read_manifest
 from dhgen.options import EncodeOptions, FaceOptions, ModelOptions, RenderOptions, RunOptions
 from dhgen.results import last_records
+from dhgen.retry import RetryPolicy
 from dhgen.runner import RunLock, render, render_settings
 
 
@@ -51,7 +53,14 @@ def test_records_carry_every_field_and_events_frame_the_run(tmp_path, options):
     assert (line["errors"], line["error"]) == ([], None)
     assert (line["frames"], line["fps"], line["width"], line["height"]) == (15, 25.0, 288, 288)
     assert line["duration_s"] == pytest.approx(0.6)
-    assert line["encoder"] == {"codec": "libx264", "preset": "veryfast", "crf": 20}
+    encoder = line["encoder"]
+    assert (encoder["codec"], encoder["preset"], encoder["crf"]) == ("h264", "veryfast", 20)
+    if encoder["name"] == "libx264":  # auto, on a machine without NVENC: says why not
+        assert encoder["settings"] == {"preset": "veryfast", "crf": "20"}
+        assert encoder["reason"].startswith("auto: h264_nvenc does not open here (") and encoder["reason"][-1] == ")"
+    else:
+        assert (encoder["name"], encoder["reason"]) == ("h264_nvenc", "auto: h264_nvenc opens here")
+    assert len(line["frames_digest"]) == 64 and int(line["frames_digest"], 16) >= 0
     assert line["output"] == str(out / "a.mp4") and line["audio"] == str(audio)
     started, finished = (datetime.fromisoformat(line[k].replace("Z", "+00:00")) for k in ("started_at", "finished_at"))
     assert started <= finished and line["elapsed_s"] >= 0
@@ -165,3 +174,77 @@ def test_new_weights_under_the_same_checkpoint_name_change_the_fingerprint(tmp_p
     before = render_settings(options)
     checkpoint.write_bytes(b"new weights")
     assert render_settings(options) != before
+
+
+# --- encoders and digests --------------------------------------------------------------------------------------
+
+
+def test_two_runs_of_the_same_job_record_the_same_frames_digest(tmp_path, options):
+    audio = write_clip(tmp_path / "in" / "a.wav", 0.4)
+    digests = []
+    for run_no, encode in enumerate([EncodeOptions(), EncodeOptions(codec="hevc", threads=1)]):
+        out = tmp_path / f"out{run_no}"
+        opts = dataclasses.replace(options, encode=encode)
+        summary = run_jobs([Job("a", audio, FIXTURES / "portrait.png", out / "a.mp4")], opts, out)
+        digests.append(summary.records[0].frames_digest)
+    assert digests[0] == digests[1] and len(digests[0]) == 64  # H.264 then HEVC: the frames were the same
+
+
+def test_an_encoder_named_that_does_not_open_refuses_the_run_before_the_lock(tmp_path, options):
+    out = tmp_path / "out"
+    audio = write_clip(tmp_path / "a.wav", 0.4)
+    broken = dataclasses.replace(options, encode=EncodeOptions(encoder="libx264rgb"))  # RGB input only: never opens
+    with pytest.raises(UsageError) as info:
+        render([Job("a", audio, FIXTURES / "portrait.png", out / "a.mp4")], broken, RunOptions(out_dir=out))
+    assert "--encoder libx264rgb does not open here" in info.value.message and "libx264" in info.value.hint
+    assert not out.exists()  # no lock, no log, no output
+
+
+def test_the_fingerprint_covers_the_encoder_as_asked_not_as_resolved(options):
+    settings = render_settings(options)
+    assert settings["encode"]["encoder"] == "auto" and "encoder_reason" not in settings["encode"]
+    hevc = dataclasses.replace(options, encode=EncodeOptions(codec="hevc"))
+    assert render_settings(hevc) != settings
+    same = [EncodeOptions(codec="hevc"), EncodeOptions(encoder="auto", codec="hevc")]
+    assert len({json.dumps(render_settings(dataclasses.replace(options, encode=e))) for e in same}) == 1
+    h264 = dataclasses.replace(options, encode=EncodeOptions(codec="h264"))
+    assert render_settings(h264) == settings  # --codec h264 is the default spelt out
+
+
+@pytest.mark.skipif(probe("h264_nvenc") is None, reason="NVENC opens on this machine")
+def test_the_in_process_executor_falls_back_to_the_cpu_encoder_too(tmp_path, options):
+    audio = write_clip(tmp_path / "a.wav", 0.4)
+    nvenc = dataclasses.replace(options, encode=EncodeOptions(encoder="h264_nvenc", codec="h264"))
+    events: list[dict] = []
+    executor = InProcessExecutor(nvenc, RetryPolicy(backoff_s=0.01))
+    (record,) = executor.run(
+        [Job("a", audio, FIXTURES / "portrait.png", tmp_path / "a.mp4")], {"a": "f"}, events.append
+    )
+    assert record.status == "succeeded" and record.attempts == 2
+    assert [e["type"] for e in record.errors] == ["HardwareEncodeError"]
+    assert record.encoder["name"] == "libx264" and "h264_nvenc failed to open" in record.encoder["reason"]
+    assert [e["event"] for e in events] == ["job_started", "incident", "job_started"]
+
+
+def test_resume_verify_renders_again_and_reports_changed_frames(tmp_path, options):
+    audio = write_clip(tmp_path / "in" / "a.wav", 0.4)
+    out = tmp_path / "out"
+    jobs = [Job("a", audio, FIXTURES / "portrait.png", out / "a.mp4")]
+    first = run_jobs(jobs, options, out).records[0]
+
+    summary = run_jobs(jobs, options, out, resume=True, verify=True)
+    (again,) = summary.records
+    assert again.status == "succeeded" and again.frames_digest == first.frames_digest  # rendered, and the same
+    assert summary.exit_code == 0 and summary.mismatches == [] and again.errors == []
+
+    lines = (out / "results.jsonl").read_text().splitlines()
+    tampered = {**json.loads(lines[-1]), "frames_digest": "0" * 64}  # as if an older build had made other frames
+    (out / "results.jsonl").write_text("\n".join([*lines, json.dumps(tampered)]) + "\n")
+    events: list[dict] = []
+    summary = run_jobs(jobs, options, out, events, resume=True, verify=True)
+    assert summary.exit_code == 1 and [m.job_id for m in summary.mismatches] == ["a"]
+    (record,) = summary.records
+    assert record.status == "succeeded" and [e["type"] for e in record.errors] == ["DigestMismatch"]
+    assert "0" * 64 in record.errors[0]["message"] and record.errors[0]["hint"]
+    assert any(e["event"] == "incident" and e["error"]["type"] == "DigestMismatch" for e in events)
+    assert log_lines(out)[-1]["errors"][0]["type"] == "DigestMismatch"

@@ -16,7 +16,9 @@ import av
 import pytest
 from conftest import FIXTURES
 
+from dhgen.encoders import probe
 from dhgen.executors.inprocess import InProcessExecutor
+from dhgen.executors.local import Supervisor
 from dhgen.manifest import Job
 from dhgen.options import EncodeOptions, RenderOptions, RunOptions
 from dhgen.runner import render
@@ -125,6 +127,9 @@ def test_killed_worker_is_replaced_and_every_job_succeeds(tmp_path):
     )
     for r in summary.records:
         assert _frame_digests(Path(r.output)) == _frame_digests(reference)
+    # The records say so too: the frames handed to the encoder hash the same in every process, replay or not.
+    reference_digest = json.loads((tmp_path / "ref" / "results.jsonl").read_text())["frames_digest"]
+    assert [r.frames_digest for r in summary.records] == [reference_digest] * 2
 
 
 def test_killed_job_process_costs_only_that_job_an_attempt(tmp_path):
@@ -305,3 +310,43 @@ def test_a_failed_job_leaves_its_process_fit_for_the_next(tmp_path):
 
     assert [(r.job_id, r.status) for r in summary.records] == [("bad", "failed"), ("j0", "succeeded")]
     assert len({e["pid"] for e in watcher.events if e["event"] == "job_started"}) == 1
+
+
+needs_no_nvenc = pytest.mark.skipif(probe("h264_nvenc") is None, reason="NVENC opens on this machine")
+
+
+@needs_no_nvenc
+def test_a_hardware_encoder_that_fails_in_a_job_is_retried_once_on_the_cpu_encoder(tmp_path):
+    # The real h264_nvenc, as if the run's probe had seen it open and its sessions ran out since: it fails to open.
+    options = RenderOptions(encode=EncodeOptions(encoder="h264_nvenc", codec="h264", encoder_reason="auto: opened"))
+    supervisor = Supervisor(options, RunOptions(out_dir=tmp_path, backoff_s=0.1, retries=2))
+    watcher = EventWatcher()
+    jobs = _jobs(tmp_path, 1, SHORT_AUDIO)
+    (record,) = list(supervisor.run(jobs, {"j0": "f"}, watcher))
+
+    assert record.status == "succeeded" and record.attempts == 2
+    (failure,) = record.errors
+    assert failure["type"] == "HardwareEncodeError" and failure["retryable"] and "h264_nvenc" in failure["message"]
+    assert record.encoder["name"] == "libx264" and record.encoder["reason"].startswith("fallback: ")
+    with av.open(str(record.output)) as out:
+        assert out.streams.video[0].codec_context.name == "h264"
+        assert sum(1 for _ in out.decode(video=0)) == record.frames
+    incident = watcher.wait_for(lambda e: e["event"] == "incident", timeout=1)
+    assert incident["error"]["type"] == "HardwareEncodeError" and "attempt 2" in incident["action"]
+
+
+def test_an_encoder_failing_mid_job_fails_only_that_job_at_once(tmp_path, monkeypatch):
+    # The job processes inherit the hook: the encoder is flushed before frame 80, which only the 4.4 s job reaches.
+    monkeypatch.setenv("DHGEN_TEST_FAULT", "encoder_eof_at:80")
+    jobs = [
+        Job("long", AUDIO, AVATAR, tmp_path / "long.mp4"),
+        Job("short", SHORT_AUDIO, AVATAR, tmp_path / "short.mp4"),
+    ]
+    summary = _run(tmp_path, jobs, EventWatcher(), job_timeout=60)
+
+    by_id = {r.job_id: r for r in summary.records}
+    assert by_id["short"].status == "succeeded"
+    long = by_id["long"]
+    assert long.status == "failed" and long.attempts == 1  # a CPU encoder's failure is not retried
+    assert long.error["type"] == "EncodeError" and "libx264 failed encoding frame 80" in long.error["message"]
+    assert not Path(long.output).exists() and not list(tmp_path.glob(".*partial*"))

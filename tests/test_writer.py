@@ -1,4 +1,5 @@
 import errno
+import hashlib
 import resource
 import signal
 import struct
@@ -6,10 +7,12 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import pytest
 
-from dhgen.errors import AudioDecodeError, EncodeError, MissingInputError, OutputError
+from dhgen.encoders import probe
+from dhgen.errors import AudioDecodeError, EncodeError, HardwareEncodeError, MissingInputError, OutputError
 from dhgen.options import EncodeOptions
 from dhgen.writer import VideoWriter, aac_rate
 
@@ -266,3 +269,96 @@ def test_wrong_frame_shape_is_refused(tmp_path):
         with VideoWriter(tmp_path / "out.mp4", W, H, Fraction(25), audio, EncodeOptions()) as writer:
             writer.write(np.zeros((H, W + 2, 3), np.uint8))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav"]
+
+
+# --- encoders, HEVC, digests --------------------------------------------------------------------------------------
+
+
+def x265_settings(path: Path) -> list[str]:
+    data = path.read_bytes()
+    start = data.index(b"options: ")
+    return data[start : data.index(b"\x80", start)].decode("latin-1").split()
+
+
+def yuv420p_digest(bgr_frames) -> str:
+    """frames_digest as documented: sha256 over each frame's Y, U and V planes in order, computed here from scratch."""
+    digest = hashlib.sha256()
+    for bgr in bgr_frames:
+        i420 = cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420)  # what the writer converts with (its docstring says why)
+        y, u, v = i420[:H], i420[H : H + H // 4], i420[H + H // 4 :]
+        for plane in (y, u, v):
+            digest.update(plane.tobytes())
+    return digest.hexdigest()
+
+
+def test_hevc_is_tagged_hvc1_keeps_faststart_and_gets_x265_settings(tmp_path):
+    audio = sine_wav(tmp_path / "a.wav", seconds=0.6)
+    target = tmp_path / "out.mp4"
+    n = render(target, audio, options=EncodeOptions(encoder="libx265", codec="hevc", preset="fast", crf=22, threads=2))
+
+    with av.open(str(target)) as out:
+        video = out.streams.video[0]
+        assert (video.codec_context.name, video.codec_tag) == ("hevc", "hvc1")  # not hev1: Safari/QuickTime
+        assert out.streams.audio[0].codec_context.name == "aac"
+        assert sum(1 for _ in out.decode(video)) == n
+    boxes = top_level_boxes(target.read_bytes())
+    assert boxes.index("moov") < boxes.index("mdat")
+    settings = x265_settings(target)
+    assert "crf=27.0" in settings and "numa-pools=2" in settings  # --crf 22 on x264's scale is x265's 27
+
+
+def test_the_writer_reports_the_encoder_and_settings_it_ran(tmp_path):
+    audio = sine_wav(tmp_path / "a.wav", seconds=0.2)
+    with VideoWriter(tmp_path / "o.mp4", W, H, Fraction(25), audio, EncodeOptions(encoder="libx265")) as writer:
+        for frame in frames(5):
+            writer.write(frame)
+    record = writer.encoder_record
+    assert (record["name"], record["codec"], record["reason"]) == ("libx265", "hevc", "asked for by name")
+    assert (record["preset"], record["crf"], record["settings"]["crf"]) == ("veryfast", 20, "25")
+
+
+def test_frames_digest_is_the_sha256_of_the_yuv420p_planes_whatever_the_encoder(tmp_path):
+    audio = sine_wav(tmp_path / "a.wav", seconds=0.4)
+    expected = yuv420p_digest(frames(10))
+    digests = set()
+    for i, options in enumerate(
+        [EncodeOptions(), EncodeOptions(threads=1, preset="ultrafast", crf=35), EncodeOptions(encoder="libx265")]
+    ):
+        with VideoWriter(tmp_path / f"{i}.mp4", W, H, Fraction(25), audio, options) as writer:
+            for frame in frames(10):
+                writer.write(frame)
+        digests.add(writer.frames_digest)
+    assert digests == {expected}
+    with VideoWriter(tmp_path / "other.mp4", W, H, Fraction(25), audio, EncodeOptions()) as writer:
+        for frame in list(frames(10))[::-1]:  # the same frames in another order
+            writer.write(frame)
+    assert writer.frames_digest != expected
+
+
+@pytest.mark.skipif(probe("h264_nvenc") is None, reason="NVENC opens on this machine")
+def test_a_hardware_encoder_that_does_not_open_is_a_retryable_hardware_encode_error(tmp_path):
+    audio = sine_wav(tmp_path / "a.wav", seconds=0.2)
+    target = tmp_path / "out.mp4"
+    with pytest.raises(HardwareEncodeError) as info:  # the real h264_nvenc, failing as it does without an NVENC engine
+        with VideoWriter(target, W, H, Fraction(25), audio, EncodeOptions(encoder="h264_nvenc", codec="h264")):
+            raise AssertionError("not reached: the encoder opens before any frame")
+    error = info.value
+    assert error.retryable and isinstance(error, EncodeError)
+    assert "h264_nvenc failed to open" in error.message and str(target) in error.message
+    assert probe("h264_nvenc").split(": ", 1)[-1] in error.message  # FFmpeg's own words ("Cannot load libcuda...")
+    assert "CPU encoder" in error.hint
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav"]
+
+
+def test_an_encoder_failing_mid_stream_is_an_encode_error_not_an_output_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("DHGEN_TEST_FAULT", "encoder_eof_at:7")  # the encoder is flushed, so FFmpeg refuses frame 7
+    audio = sine_wav(tmp_path / "a.wav", seconds=0.6)
+    target = tmp_path / "out.mp4"
+    target.write_bytes(b"previous render")
+    with pytest.raises(EncodeError) as info:
+        render(target, audio)
+    error = info.value
+    assert type(error) is EncodeError and not error.retryable  # a CPU encoder's failure is final
+    assert "libx264 failed encoding frame 7: End of file" in error.message
+    assert isinstance(error.__cause__, av.error.FFmpegError)
+    assert target.read_bytes() == b"previous render" and leftovers(tmp_path) == []

@@ -246,7 +246,7 @@ class Supervisor:
             slot.record.started_at = utc_now()
         process = self._idle_job_process() or self._spawn_job_process()
         process.slot = slot
-        process.channel.send(("job", slot.job, job_options(self.options, slot.job)))
+        process.channel.send(("job", slot.job, job_options(self.options, slot.job, slot.record.errors)))
         now = time.monotonic()
         slot.running = _Attempt(process, started=now, last_activity=now)
         self._emit(events.job_started(slot.job.id, slot.attempt_no, process.proc.pid))
@@ -294,7 +294,7 @@ class Supervisor:
             attempt.rendering = attempt.rendering or counter == "decoded"
             self._emit_progress(slot, force=new_stage)
         elif kind == "done":
-            fill_outcome(slot.record, message[1], job_options(self.options, slot.job))
+            fill_outcome(slot.record, message[1])
             self._end_attempt(slot)
             self._finish(slot)
         elif kind == "failed":
