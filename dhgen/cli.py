@@ -242,7 +242,8 @@ def report(
     if as_json:
         typer.echo(json.dumps({**batch.to_dict(), "failed_manifest": _written(failed_manifest, again)}, indent=2))
     elif console.is_terminal:
-        console.print(*report_renderables(batch))
+        for renderable in report_renderables(batch):
+            console.print(renderable)
     else:
         typer.echo("\n".join(report_lines(batch)))
     if again is not None and not as_json:

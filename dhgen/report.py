@@ -180,7 +180,7 @@ def report_lines(report: BatchReport) -> list[str]:
         lines.append(f"missing jobs (no record{_in_shards(report)}): {_ids(report.missing)}")
     if report.slowest():
         lines.append("slowest jobs:")
-        lines += [f"  {' '.join(row)}" for row in _slowest_rows(report)]
+        lines += [f"  {line}" for line in _aligned(_slowest_rows(report))]
     lines += [_totals(report), f"verdict: {_verdict(report)}"]
     return lines
 
@@ -251,6 +251,13 @@ def _slowest_rows(report: BatchReport) -> list[tuple[str, str, str, str]]:
         fps = f"{t['fps']:.1f} fps" if t["fps"] else "-"
         rows.append((record["job_id"], format_duration(t["elapsed_s"]), f"{t['frames'] or 0} frames", fps))
     return rows
+
+
+def _aligned(rows: list[tuple[str, ...]]) -> list[str]:
+    """Plain-text columns: the first left-aligned, the numbers right-aligned."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    cells = ([row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True))] for row in rows)
+    return ["  ".join(line) for line in cells]
 
 
 def _totals(report: BatchReport) -> str:
