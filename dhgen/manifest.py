@@ -189,7 +189,12 @@ def _csv_header(path: Path, line: int, names: list[str], raw: str) -> list[str]:
 def _column_name(name: str) -> str:
     """Known columns in any case; a user's own x_ column keeps its spelling."""
     name = name.strip()
-    return name if name.lower().startswith(USER_PREFIX) else name.lower()
+    return name if is_user_column(name) else name.lower()
+
+
+def is_user_column(name: str) -> bool:
+    """`x_...` (any case): the user's own column, copied into the record as given."""
+    return name[:2].lower() == USER_PREFIX
 
 
 # --- JSON Lines --------------------------------------------------------------------------------------------------
@@ -216,7 +221,7 @@ def _jsonl_rows(path: Path, text: str) -> list[_Row]:
 
 
 def _check_keys(path: Path, line: int, keys: list[str]) -> None:
-    unknown = [k for k in keys if k not in ALL_KEYS and not k.startswith(USER_PREFIX)]
+    unknown = [k for k in keys if k not in ALL_KEYS and not is_user_column(k)]
     if unknown:
         close = difflib.get_close_matches(unknown[0].lower(), ALL_KEYS, n=1, cutoff=0.6)
         guess = f" (did you mean {close[0]!r}?)" if close else ""
@@ -244,7 +249,7 @@ def _jobs_from_rows(path: Path, rows: list[_Row], out_dir: Path) -> list[Job]:
                 hint="give the two jobs different outputs (or ids)",
             )
         outputs[output] = row.line
-        meta = tuple((k, v) for k, v in row.fields.items() if k.startswith(USER_PREFIX))
+        meta = tuple((k, v) for k, v in row.fields.items() if is_user_column(k))
         settings = _job_settings(path, row)
         jobs.append(Job(job_id, base / audio, base / avatar, output, settings, meta))
     return jobs

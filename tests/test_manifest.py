@@ -186,14 +186,14 @@ def test_a_file_is_hashed_once_until_it_changes(tmp_path):
 
 def test_per_job_settings_and_x_columns_are_read_from_csv_and_jsonl(tmp_path):
     csv_text = (
-        "id,audio,avatar,loop,fps,crf,preset,pads,x_Customer\n"
+        "id,audio,avatar,loop,fps,crf,preset,pads,X_Customer\n"
         "a,a.wav,v.mp4,loop,30,28,Medium,0 12 -2 3,acme\n"
         "b,b.wav,v.mp4,,,,,,\n"
     )
     a, b = read_manifest(write(tmp_path / "m.csv", csv_text), tmp_path / "out")
     assert a.settings == JobSettings(loop="loop", fps=30.0, crf=28, preset="medium", pads=(0, 12, -2, 3))
-    assert dict(a.meta) == {"x_Customer": "acme"}  # kept as spelt
-    assert b.settings == JobSettings() and dict(b.meta) == {"x_Customer": ""}
+    assert dict(a.meta) == {"X_Customer": "acme"}  # kept as spelt
+    assert b.settings == JobSettings() and dict(b.meta) == {"X_Customer": ""}
     rows = (
         {
             "id": "a",

@@ -212,9 +212,9 @@ def _log(path: Path) -> list[dict]:
 
 
 def test_two_shards_render_at_once_into_one_folder_and_a_shard_runs_once(tmp_path):
-    zero, one = _ids_for_two_shards(2)
+    zero, one = _ids_for_two_shards(1)
     short = write_clip(tmp_path / "short.wav", 0.4)
-    rows = [f"{i},{FIXTURES / 'speech.wav'},{FIXTURES / 'avatar.mp4'}" for i in zero]  # 4.4 s: still running
+    rows = [f"{i},{FIXTURES / 'speech.m4a'},{FIXTURES / 'avatar.mp4'}" for i in zero]  # 2 s: long enough to catch
     rows += [f"{i},{short},{FIXTURES / 'portrait.png'}" for i in one]
     manifest = tmp_path / "jobs.csv"
     manifest.write_text("id,audio,avatar\n" + "\n".join(rows) + "\n")
@@ -259,8 +259,8 @@ def test_two_shards_render_at_once_into_one_folder_and_a_shard_runs_once(tmp_pat
     )
     assert report.returncode == 0, report.stdout + report.stderr
     summary = json.loads(report.stdout)
-    assert summary["counts"] == {"succeeded": 4, "skipped": 0, "failed": 0, "missing": 0}
-    assert summary["jobs"] == 4 and len(summary["logs"]) == 2
+    assert summary["counts"] == {"succeeded": 2, "skipped": 0, "failed": 0, "missing": 0}
+    assert summary["jobs"] == 2 and len(summary["logs"]) == 2
 
 
 def test_resume_of_a_shard_skips_its_own_done_jobs_and_leaves_the_others(tmp_path):
