@@ -86,7 +86,8 @@ def _render_locked(jobs, options, run, emit, executor) -> RunSummary:
     summary = RunSummary()
     result_log = ResultLog(run.results_path)
     previous = _previous_records(run) if run.resume else {}
-    fingerprints = {job.id: input_fingerprint(job, render_settings(job_options(options, job))) for job in jobs}
+    settings = _settings_by_job(jobs, options)
+    fingerprints = {job.id: input_fingerprint(job, settings[job.settings]) for job in jobs}
     by_id = {job.id: job for job in jobs}
 
     def finish(record: JobRecord) -> None:
@@ -104,6 +105,15 @@ def _render_locked(jobs, options, run, emit, executor) -> RunSummary:
         finish(record)
     emit(events.run_finished(_counts(summary)))
     return summary
+
+
+def _settings_by_job(jobs: list[Job], options: RenderOptions) -> dict:
+    """`render_settings` of each distinct per-job setting in the batch (a manifest has few), by JobSettings."""
+    by_settings: dict = {}
+    for job in jobs:
+        if job.settings not in by_settings:
+            by_settings[job.settings] = render_settings(job_options(options, job))
+    return by_settings
 
 
 def _previous_records(run: RunOptions) -> dict[str, dict]:
