@@ -236,8 +236,9 @@ def report(
     except UsageError as exc:
         _fail(exc, EXIT_USAGE)
     except OSError as exc:
-        typer.echo(f"error: cannot write {failed_manifest}: {exc.strerror or exc}", err=True)
-        raise typer.Exit(EXIT_FAILED) from None
+        _fail(
+            OutputError(f"cannot write the failed manifest: {exc.strerror or exc}", path=failed_manifest), EXIT_FAILED
+        )
     console = Console()
     if as_json:
         typer.echo(json.dumps({**batch.to_dict(), "failed_manifest": _written(failed_manifest, again)}, indent=2))

@@ -205,3 +205,11 @@ def test_without_a_manifest_the_failed_jobs_come_from_their_records(tmp_path):
         **overrides,
         "x_c": "7",
     }
+
+
+def test_a_failed_manifest_that_cannot_be_written_is_an_output_error(tmp_path):
+    write_log(tmp_path / "results.jsonl", record("bad", "failed"))
+    (tmp_path / "blocker").write_text("a file where a folder should be")
+    code, _, err = report_cli(tmp_path, "--failed-manifest", tmp_path / "blocker" / "failed.csv")
+    assert code == 1 and "blocker" in err and "hint:" in err
+    assert (tmp_path / "blocker").read_text() == "a file where a folder should be"
