@@ -7,6 +7,7 @@ Only this module knows about typer and the terminal. Exit codes (DESIGN.md): 0 a
 from __future__ import annotations
 
 import logging
+import os
 import re
 import signal
 import sys
@@ -19,6 +20,7 @@ import typer
 from dhgen.errors import DhgenError, Interrupted, OutputError, RunLocked, UsageError
 from dhgen.manifest import Job, read_manifest, single_job
 from dhgen.options import AvatarOptions, EncodeOptions, FaceOptions, ModelOptions, RenderOptions, RunOptions
+from dhgen.shards import Shard, resolve_shard, shard_path
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 75
 
@@ -84,6 +86,18 @@ def render(
             rich_help_panel=MANIFEST,
         ),
     ] = False,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            metavar="K/N|auto",
+            help="render only shard K (0-based) of N; auto: from SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX",
+            rich_help_panel=MANIFEST,
+        ),
+    ] = None,
+    shard_count: Annotated[
+        int | None,
+        typer.Option(min=1, help="--shard auto under Kubernetes: N (else DHGEN_SHARD_COUNT)", rich_help_panel=MANIFEST),
+    ] = None,
     model: Annotated[str, typer.Option(help="mouthwarp (built in) or wav2lip", rich_help_panel=MODEL)] = "mouthwarp",
     checkpoint: Annotated[Path | None, typer.Option(help="model weights (wav2lip)", rich_help_panel=MODEL)] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N", rich_help_panel=MODEL)] = "auto",
@@ -153,6 +167,7 @@ def render(
     try:
         _setup_logging(log_level, log_file, display)
         job_list, out_dir = _jobs(manifest, audio, avatar, output, out)
+        run_shard = _shard(manifest, shard, shard_count)
         options = RenderOptions(
             avatar=AvatarOptions(still_fps=fps, loop=loop.value),
             face=FaceOptions(),
@@ -171,18 +186,29 @@ def render(
             retries=retries,
             stall_timeout=stall_timeout,
             job_timeout=job_timeout,
+            shard=run_shard,
         )
     except UsageError as exc:
         _fail(exc, EXIT_USAGE)
     raise typer.Exit(_run(job_list, options, run, _event_handlers(display, run, metrics_file, log_file)))
 
 
+def _shard(manifest: Path | None, spec: str | None, count: int | None) -> Shard | None:
+    if manifest is None and (spec is not None or count is not None):
+        raise UsageError("--shard splits a MANIFEST; a single --audio/--avatar job has no shards")
+    return resolve_shard(spec, count, os.environ)
+
+
 def _event_handlers(display, run: RunOptions, metrics_file: Path | None, log_file: Path | None):
-    """The display, plus the metrics file and the event log when asked for, as one handler."""
+    """The display, plus the metrics file and the event log when asked for, as one handler. A shard's metrics
+    file has the shard in its name and labels (shards on one machine would otherwise overwrite one file)."""
     from dhgen.metrics import MetricsFile
     from dhgen.progress import EventLog, Tee
 
-    metrics = MetricsFile(metrics_file, labels={"out_dir": str(run.out_dir)}) if metrics_file else None
+    metrics = None
+    if metrics_file:
+        labels = {"out_dir": str(run.out_dir), **({"shard": str(run.shard)} if run.shard else {})}
+        metrics = MetricsFile(shard_path(metrics_file, run.shard) if run.shard else metrics_file, labels=labels)
     return Tee(display, metrics, EventLog() if log_file else None)
 
 
@@ -217,6 +243,51 @@ def doctor(
     report = run_doctor(out)
     typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else "\n".join(report.lines()))
     raise typer.Exit(report.exit_code)
+
+
+@app.command()
+def report(
+    out_dir: Annotated[Path, typer.Argument(help="the batch's output folder (--out): its result logs are read")],
+    manifest: Annotated[
+        Path | None, typer.Option(help="the batch's manifest: its jobs without a record count as missing")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as one JSON object")] = False,
+    failed_manifest: Annotated[
+        Path | None, typer.Option(help="write the failed and missing jobs here, as a manifest to render again")
+    ] = None,
+) -> None:
+    """Summarise a batch from every result log in OUT_DIR (shards included); exit 1 if a job failed or is missing."""
+    import json
+
+    from rich.console import Console
+
+    from dhgen.report import build_report, report_lines, report_renderables, write_failed_manifest
+
+    try:
+        batch = build_report(out_dir, manifest)
+        again = write_failed_manifest(batch, failed_manifest) if failed_manifest else None
+    except UsageError as exc:
+        _fail(exc, EXIT_USAGE)
+    except OSError as exc:
+        _fail(
+            OutputError(f"cannot write the failed manifest: {exc.strerror or exc}", path=failed_manifest), EXIT_FAILED
+        )
+    console = Console()
+    if as_json:
+        typer.echo(json.dumps({**batch.to_dict(), "failed_manifest": _written(failed_manifest, again)}, indent=2))
+    elif console.is_terminal:
+        for renderable in report_renderables(batch):
+            console.print(renderable)
+    else:
+        typer.echo("\n".join(report_lines(batch)))
+    if again is not None and not as_json:
+        where = f"{again} job(s) to render again written to {failed_manifest}" if again else "nothing to render again"
+        typer.echo(f"{where}; render it with --out {out_dir}" if again else where, err=True)
+    raise typer.Exit(batch.exit_code)
+
+
+def _written(path: Path | None, count: int | None) -> dict | None:
+    return None if path is None else {"path": str(path), "jobs": count, "written": bool(count)}
 
 
 def _jobs(manifest, audio, avatar, output, out) -> tuple[list[Job], Path]:

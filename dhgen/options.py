@@ -9,6 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dhgen.encoders import after_failures
+from dhgen.shards import Shard, shard_path
+
+X264_PRESETS = (
+    *("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo"),
+)
+LOOP_MODES = ("pingpong", "loop")
 
 
 def default_cache_dir() -> Path:
@@ -76,15 +82,59 @@ class RunOptions:
     startup_timeout: float = 300.0  # allowance for model loading and first CUDA use
     job_timeout: float | None = None  # seconds one attempt of a job may take (None: no limit)
     backoff_s: float = 1.0  # first retry delay; doubles each attempt, with jitter
+    shard: Shard | None = None  # render only this shard of the jobs (its own lock and result log)
 
     @property
     def results_path(self) -> Path:
-        return self.log_path or self.out_dir / "results.jsonl"
+        """The result log: `--log` or `out_dir/results.jsonl`; a shard's has its name inserted
+        (`results.shard-1-of-4.jsonl`), so no two shard processes append to one file."""
+        path = self.log_path or self.out_dir / "results.jsonl"
+        return shard_path(path, self.shard) if self.shard else path
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """A job's own settings from its manifest row; None leaves the command line's value."""
+
+    loop: str | None = None  # AvatarOptions.loop
+    fps: float | None = None  # AvatarOptions.still_fps
+    crf: int | None = None  # EncodeOptions.crf
+    preset: str | None = None  # EncodeOptions.preset
+    pads: tuple[int, int, int, int] | None = None  # ModelOptions.pads
+
+    def given(self) -> dict:
+        """The settings the row gave, by manifest column name (JSON-ready: pads as a list)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items() if v is not None}
 
 
 def job_options(options: RenderOptions, job, errors: Iterable[dict] = ()) -> RenderOptions:
     """The options `job` renders with: the run's options, with the job's own manifest settings on top, and what the
     job's earlier failures (`errors`, its record's incidents so far) change: after a hardware encoder failed, the
     CPU encoder. Every executor renders each attempt of a job with these."""
+    s: JobSettings = job.settings
+    if s != JobSettings():
+        options = dataclasses.replace(
+            options,
+            avatar=_replace(options.avatar, loop=s.loop, still_fps=s.fps),
+            encode=_replace(options.encode, crf=s.crf, preset=s.preset),
+            model=_replace(options.model, pads=s.pads),
+        )
     encode = after_failures(options.encode, errors)
     return options if encode is options.encode else dataclasses.replace(options, encode=encode)
+
+
+def _replace(options, **values):
+    given = {k: v for k, v in values.items() if v is not None}
+    return dataclasses.replace(options, **given) if given else options
+
+
+def effective_settings(options: RenderOptions) -> dict:
+    """The per-job settings (manifest column names) as `options` has them: what a job's record shows."""
+    return {
+        "loop": options.avatar.loop,
+        "fps": options.avatar.still_fps,
+        "crf": options.encode.crf,
+        "preset": options.encode.preset,
+        "pads": list(options.model.pads),
+    }

@@ -18,7 +18,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from dhgen.options import effective_settings
+
 log = logging.getLogger(__name__)
+
+RESULT_LOGS = ("results.jsonl", "results.shard-*-of-*.jsonl")  # the result logs a folder's runs write
 
 
 def utc_now() -> str:
@@ -46,6 +50,9 @@ class JobRecord:
     finished_at: str | None = None
     input_fingerprint: str | None = None
     frames_digest: str | None = None  # sha256 of the frames as handed to the encoder (dhgen.writer), when succeeded
+    settings: dict | None = None  # loop, fps (of a still avatar), crf, preset, pads: what the job rendered with
+    overrides: dict = field(default_factory=dict)  # those of them that the job's manifest row set itself
+    meta: dict = field(default_factory=dict)  # the row's own x_ columns (a customer id, say), as given
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
@@ -73,6 +80,13 @@ def fill_outcome(record: JobRecord, outcome, options=None) -> None:
     record.duration_s = round(outcome.duration_s, 6)
     record.encoder = outcome.encoder
     record.frames_digest = outcome.frames_digest
+
+
+def fill_job_settings(record: JobRecord, job, options) -> None:
+    """The per-job settings `options` (the job's own, `job_options`) rendered `job` with, and the row's own."""
+    record.settings = effective_settings(options)
+    record.overrides = job.settings.given()
+    record.meta = dict(job.meta)
 
 
 def skipped_record(previous: dict) -> JobRecord:
@@ -105,7 +119,7 @@ def last_records(path: Path) -> dict[str, dict]:
     """The last record of each job id in a result log (empty when the log does not exist)."""
     records: dict[str, dict] = {}
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
     except FileNotFoundError:
         return records
     for number, line in enumerate(lines, start=1):
@@ -115,6 +129,27 @@ def last_records(path: Path) -> dict[str, dict]:
         except (json.JSONDecodeError, KeyError, TypeError):
             log.warning("%s:%d: skipping an unreadable result line", path, number)
     return records
+
+
+def result_logs(out_dir: Path) -> list[Path]:
+    """The result logs of every run into `out_dir`: `results.jsonl` and one per shard."""
+    found = {p for pattern in RESULT_LOGS for p in Path(out_dir).glob(pattern) if p.is_file()}
+    return sorted(found)
+
+
+def last_records_of(paths: list[Path]) -> dict[str, dict]:
+    """The last record of each job id over several result logs: within a log the last line, across logs the
+    one that finished last (records carry UTC ISO times, which sort as strings)."""
+    records: dict[str, dict] = {}
+    for path in dict.fromkeys(Path(p).absolute() for p in paths):  # each log once
+        for job_id, record in last_records(path).items():
+            if job_id not in records or _finished(record) >= _finished(records[job_id]):
+                records[job_id] = record
+    return records
+
+
+def _finished(record: dict) -> str:
+    return str(record.get("finished_at") or record.get("started_at") or "")
 
 
 def already_done(previous: dict | None, output: Path, fingerprint: str | None) -> bool:

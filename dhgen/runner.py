@@ -2,6 +2,7 @@
 
 `render()` is the library API (the CLI is a thin layer over it). How jobs are executed is an executor's
 business (`dhgen.executors`): each yields one `JobRecord` per job it was given; the runner writes them.
+With `run.shard` only that shard's jobs run, under the shard's own lock and result log (`dhgen.shards`).
 `--resume --verify` renders again what would be skipped and reports a job whose `frames_digest` differs from its
 last success's (`dhgen.verify`). Before the lock is taken, the run's encoder is resolved once
 (`dhgen.encoders.resolve_encoder`: a named encoder that does not open here refuses the run with UsageError) and
@@ -11,22 +12,32 @@ every job is handed the resolved name.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import logging
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dhgen import events
 from dhgen.encoders import requested_codec, resolve_encoder, with_encoder
-from dhgen.errors import DigestMismatch, OutputError, RunLocked
+from dhgen.errors import DigestMismatch
 from dhgen.events import EventFn
 from dhgen.executors import Executor, make_executor
+from dhgen.locks import RunLock
 from dhgen.manifest import Job, file_digest, input_fingerprint
-from dhgen.options import RenderOptions, RunOptions
-from dhgen.results import JobRecord, ResultLog, already_done, last_records, skipped_record
+from dhgen.options import RenderOptions, RunOptions, job_options
+from dhgen.results import (
+    JobRecord,
+    ResultLog,
+    already_done,
+    fill_job_settings,
+    last_records_of,
+    result_logs,
+    skipped_record,
+)
+from dhgen.shards import select
 from dhgen.verify import MISMATCH, DigestCheck, check, digest_of
+
+__all__ = ["RunLock", "RunSummary", "render", "render_settings"]
 
 log = logging.getLogger(__name__)
 
@@ -74,24 +85,30 @@ def render(
     on_event: EventFn | None = None,
     executor: Executor | None = None,
 ) -> RunSummary:
-    """Render every job; returns the records (also appended to the result log). Raises UsageError (an encoder
-    that does not open here) before the lock, then RunLocked."""
+    """Render every job (of `run.shard` only, when given); returns the records (also appended to the result log).
+    Raises UsageError (an encoder that does not open here) before the lock, then RunLocked."""
     options, run = options or RenderOptions(), run or RunOptions()
-    jobs = list(jobs)
+    jobs = select(jobs, run.shard)
     emit = on_event or (lambda event: None)
     resolved = dataclasses.replace(options, encode=with_encoder(options.encode, resolve_encoder(options.encode)))
     executor = executor or make_executor(resolved, run)
-    with RunLock(run.out_dir):
+    with RunLock(run.out_dir, run.shard):
         return _render_locked(jobs, options, run, emit, executor)
 
 
 def _render_locked(jobs, options, run, emit, executor) -> RunSummary:
     summary = RunSummary()
     result_log = ResultLog(run.results_path)
-    previous = last_records(run.results_path) if run.resume else {}
-    settings = render_settings(options)  # as asked for (see render_settings)
-    fingerprints = {job.id: input_fingerprint(job, settings) for job in jobs}
-    emit(events.run_started(len(jobs)))
+    previous = _previous_records(run) if run.resume else {}
+    settings = _settings_by_job(jobs, options)
+    fingerprints = {job.id: input_fingerprint(job, settings[job.settings]) for job in jobs}
+    by_id = {job.id: job for job in jobs}
+
+    def finish(record: JobRecord) -> None:
+        fill_job_settings(record, by_id[record.job_id], job_options(options, by_id[record.job_id]))
+        _finish(summary, result_log, emit, record)
+
+    emit(events.run_started(len(jobs), **({"shard": str(run.shard)} if run.shard else {})))
     to_run, to_verify = [], {}
     for job in jobs:
         if not already_done(previous.get(job.id), job.output, fingerprints[job.id]):
@@ -100,11 +117,11 @@ def _render_locked(jobs, options, run, emit, executor) -> RunSummary:
             to_verify[job.id] = digest_of(previous[job.id])
             to_run.append(job)
         else:
-            _finish(summary, result_log, emit, skipped_record(previous[job.id]))
+            finish(skipped_record(previous[job.id]))
     for record in executor.run(to_run, fingerprints, emit):
         if record.job_id in to_verify:
             _verify(summary, record, to_verify[record.job_id], emit)
-        _finish(summary, result_log, emit, record)
+        finish(record)
     emit(events.run_finished(_counts(summary)))
     return summary
 
@@ -122,6 +139,21 @@ def _verify(summary: RunSummary, record: JobRecord, expected: str | None, emit: 
     emit(events.incident(error, job_id=record.job_id, action="output replaced by the new render"))
 
 
+def _settings_by_job(jobs: list[Job], options: RenderOptions) -> dict:
+    """`render_settings` of each distinct per-job setting in the batch (a manifest has few), by JobSettings."""
+    by_settings: dict = {}
+    for job in jobs:
+        if job.settings not in by_settings:
+            by_settings[job.settings] = render_settings(job_options(options, job))
+    return by_settings
+
+
+def _previous_records(run: RunOptions) -> dict[str, dict]:
+    """`--resume` reads this run's own log and every other result log in the output folder (other shards, an
+    earlier unsharded run or another shard count), so a job done under any of them is not rendered again."""
+    return last_records_of([run.results_path, *result_logs(run.out_dir)])
+
+
 def _finish(summary: RunSummary, result_log: ResultLog, emit: EventFn, record: JobRecord) -> None:
     summary.records.append(record)
     try:
@@ -134,35 +166,3 @@ def _finish(summary: RunSummary, result_log: ResultLog, emit: EventFn, record: J
 def _counts(summary: RunSummary) -> dict:
     statuses = [r.status for r in summary.records]
     return {s: statuses.count(s) for s in ("succeeded", "failed", "skipped")}
-
-
-class RunLock:
-    """An exclusive lock on the output folder (flock on `.dhgen.lock`, holding the owner's pid)."""
-
-    def __init__(self, out_dir: Path) -> None:
-        self.path = Path(out_dir) / ".dhgen.lock"
-        self._fd: int | None = None
-
-    def __enter__(self) -> RunLock:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise OutputError(f"cannot use the output folder: {exc.strerror or exc}", path=self.path.parent) from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise RunLocked(
-                f"another dhgen run (pid {holder}) is rendering into {self.path.parent}", path=self.path.parent
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None

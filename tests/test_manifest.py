@@ -1,13 +1,16 @@
 """Manifests: CSV and JSON Lines, paths relative to the manifest, unique ids, outputs kept inside the folder."""
 
+import dataclasses
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
 
 from dhgen.errors import ManifestError, UsageError
-from dhgen.manifest import Job, input_fingerprint, read_manifest, single_job
+from dhgen.manifest import Job, input_fingerprint, read_manifest, single_job, write_manifest
+from dhgen.options import JobSettings
 
 
 def write(path: Path, text: str) -> Path:
@@ -81,7 +84,9 @@ BAD_CSV = [
     ("id,audio,avatar,voice\na,a.wav,v.mp4,x\n", 1, "unknown column 'voice'"),
     ("id,audio\na,a.wav\n", 1, "avatar"),
     ("id,audio,avatar\na,a.wav,v.mp4\na,b.wav,v.mp4\n", 3, "already used on line 2"),
-    ("id,audio,avatar\na b,a.wav,v.mp4\n", 2, "may only use"),
+    ("id,audio,avatar\na/b,a.wav,v.mp4\n", 2, "may not use '/'"),
+    ("id,audio,avatar\n.hidden,a.wav,v.mp4\n", 2, "may not start or end"),
+    ("id,audio,avatar\na b,a.wav,v.mp4\na_b,b.wav,v.mp4\n", 3, "'a_b' already used on line 2"),
     ("id,audio,avatar\na,,v.mp4\n", 2, "'audio' is missing"),
     ("id,audio,avatar,output\na,a.wav,v.mp4,../escape.mp4\n", 2, "outside"),
     ("id,audio,avatar,output\na,a.wav,v.mp4,/tmp/abs.mp4\n", 2, "outside"),
@@ -174,3 +179,135 @@ def test_a_file_is_hashed_once_until_it_changes(tmp_path):
     os.utime(avatar, ns=(1, 1))
     avatar.write_text("second")
     assert file_digest(avatar) != first
+
+
+# --- per-job settings and the user's own columns -------------------------------------------------------------------
+
+
+def test_per_job_settings_and_x_columns_are_read_from_csv_and_jsonl(tmp_path):
+    csv_text = (
+        "id,audio,avatar,loop,fps,crf,preset,pads,X_Customer\n"
+        "a,a.wav,v.mp4,loop,30,28,Medium,0 12 -2 3,acme\n"
+        "b,b.wav,v.mp4,,,,,,\n"
+    )
+    a, b = read_manifest(write(tmp_path / "m.csv", csv_text), tmp_path / "out")
+    assert a.settings == JobSettings(loop="loop", fps=30.0, crf=28, preset="medium", pads=(0, 12, -2, 3))
+    assert dict(a.meta) == {"X_Customer": "acme"}  # kept as spelt
+    assert b.settings == JobSettings() and dict(b.meta) == {"X_Customer": ""}
+    rows = (
+        {
+            "id": "a",
+            "audio": "a.wav",
+            "avatar": "v.mp4",
+            "fps": 29.97,
+            "crf": 18,
+            "pads": [1, 2, 3, 4],
+            "x_n": {"k": 1},
+        },
+        {"id": "b", "audio": "b.wav", "avatar": "v.mp4", "crf": None, "preset": "slow", "loop": "pingpong"},
+    )
+    a, b = read_manifest(jsonl(tmp_path / "m.jsonl", *rows), tmp_path / "out")
+    assert a.settings == JobSettings(fps=29.97, crf=18, pads=(1, 2, 3, 4)) and dict(a.meta) == {"x_n": {"k": 1}}
+    assert b.settings == JobSettings(preset="slow", loop="pingpong")
+
+
+BAD_SETTINGS = [  # (column, value, what the message says, what the hint says)
+    ("crf", "60", "crf '60' is not in 0..51", "0..51"),
+    ("crf", "20.5", "crf '20.5' is not a whole number", "0..51"),
+    ("fps", "0", "fps '0' is not a frame rate of at least 1", "29.97"),
+    ("fps", "fast", "fps 'fast' is not a number", "29.97"),
+    ("fps", "nan", "fps 'nan' is not a frame rate of at least 1", "29.97"),
+    ("loop", "bounce", "loop 'bounce' is not pingpong or loop", "pingpong"),
+    ("preset", "turbo", "preset 'turbo' is not a libx264 preset", "veryfast"),
+    ("pads", "0 10 0", "pads '0 10 0' is not four whole numbers (top bottom left right)", "like '0 10 0 0'"),
+    ("pads", "0 10 0 x", "pads '0 10 0 x' is not a whole number", "top bottom left right"),
+]
+
+
+@pytest.mark.parametrize(("column", "value", "message", "hint"), BAD_SETTINGS)
+def test_bad_setting_values_name_file_line_and_say_what_is_allowed(tmp_path, column, value, message, hint):
+    manifest = write(tmp_path / "jobs.csv", f"id,audio,avatar,{column}\nok,a.wav,v.mp4,\nbad,b.wav,v.mp4,{value}\n")
+    with pytest.raises(ManifestError) as info:
+        read_manifest(manifest, tmp_path / "out")
+    assert info.value.message == f"{manifest}:3: {message}"
+    assert hint in info.value.hint
+
+
+def test_bad_setting_values_in_jsonl(tmp_path):
+    for row, message in (
+        ({"crf": 60}, "crf 60 is not in 0..51"),
+        ({"crf": True}, "crf True is not a whole number"),
+        ({"pads": [0, 10]}, "pads [0, 10] is not four whole numbers"),
+        ({"loop": 1}, "loop 1 is not pingpong or loop"),
+    ):
+        manifest = jsonl(tmp_path / "m.jsonl", {"audio": "a.wav", "avatar": "v.mp4", **row})
+        with pytest.raises(ManifestError, match=re.escape(f"m.jsonl:1: {message}")):
+            read_manifest(manifest, tmp_path / "out")
+
+
+def same_files(job: Job) -> Job:
+    """The job with its paths resolved (`retry/../batch/a.wav` and `batch/a.wav` are one file)."""
+    return dataclasses.replace(job, audio=job.audio.resolve(), avatar=job.avatar.resolve())
+
+
+def test_written_manifest_reads_back_as_the_same_jobs_from_another_folder(tmp_path):
+    text = (
+        "id,audio,avatar,output,crf,pads,x_customer\n"
+        'one,in/a.wav,/abs/face.mp4,sub/one-out.mp4,30,"0 5 0 5",acme\n'
+        "two,in/b b.wav,in/v.mp4,,,,\n"
+    )
+    out = tmp_path / "out"
+    jobs = read_manifest(write(tmp_path / "batch" / "jobs.csv", text), out)
+    for name in ("retry/failed.csv", "retry/deeper/failed.jsonl", "failed"):
+        again = tmp_path / name
+        write_manifest(again, jobs, out)
+        assert [same_files(j) for j in read_manifest(again, out)] == [same_files(j) for j in jobs], again.read_text()
+    written = (tmp_path / "retry" / "failed.csv").read_text()
+    assert "../batch/in/a.wav" in written and "/abs/face.mp4" in written  # relative to the new file; absolute kept
+    assert "sub/one-out.mp4" in written and "two.mp4" not in written  # default outputs left to the id
+
+
+# --- each manifest error says what to do about it (exit 2 through the CLI) ---------------------------------------
+
+
+def render_cli(manifest: Path, out: Path):
+    from typer.testing import CliRunner
+
+    from dhgen.cli import app
+
+    return CliRunner().invoke(app, ["render", str(manifest), "--out", str(out)])
+
+
+MANIFEST_HINTS = [  # (file name, content, line, words in the message, words in its hint)
+    ("jobs.csv", b"id;audio;avatar\na;a.wav;v.mp4\n", 1, "separates columns with semicolons", "comma-separated"),
+    ("tabs.csv", b"id\taudio\tavatar\na\ta.wav\tv.mp4\n", 1, "with tabs", "comma-separated"),
+    ("jobs.csv", b'\n{"audio": "a.wav", "avatar": "v.mp4"}\n', 2, "this is JSON Lines, not CSV", ".jsonl"),
+    ("jobs.csv", b"PK\x03\x04\x14\x00\x06\x00binary workbook", 1, "zip archive", "not a media file or workbook"),
+    ("jobs.csv", b"id,audio,avatar\na,a.wav,v.mp4\n\x00\x01\x02", 3, "binary data", "not a media file"),
+    ("jobs.csv", "id,audio,avatar\na,é.wav,v.mp4\n".encode("latin-1"), 2, "not UTF-8 text (byte 0xe9)", "UTF-8"),
+    ("jobs.csv", "id,audio\n".encode("utf-16"), 1, "UTF-16", "UTF-8"),
+    ("jobs.csv", b"id,audio,avatar\nok,a.wav,v.mp4\nx/y,b.wav,v.mp4\n", 3, "id 'x/y' may not use '/'", "'x_y'"),
+    ("jobs.csv", b"id,audio,avtar\na,a.wav,v.mp4\n", 1, "unknown column 'avtar' (did you mean 'avatar'?)", "x_"),
+    ("jobs.jsonl", b'{"audio": "a.wav", "avatar": "v.mp4", "speed": 2}\n', 1, "known columns are id, audio", "x_"),
+    ("jobs.csv", b"id,audio,avatar\na,a.wav\n", 2, "expected 3 columns", "double quotes"),
+    ("jobs.jsonl", b"audio,avatar\na.wav,v.mp4\n", 1, "not valid JSON", "looks like CSV"),
+]
+
+
+@pytest.mark.parametrize(("name", "content", "line", "words", "hint"), MANIFEST_HINTS)
+def test_each_manifest_error_has_its_own_hint(tmp_path, name, content, line, words, hint):
+    manifest = tmp_path / name
+    manifest.write_bytes(content)
+    result = render_cli(manifest, tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    error, hint_line = result.stderr.strip().splitlines()
+    assert error.startswith(f"error: {manifest}:{line}: ") and words in error
+    assert hint_line.strip().startswith("hint:") and hint in hint_line
+    assert ManifestError("x").hint not in hint_line  # not the generic one
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_id_with_spaces_becomes_a_safe_id(tmp_path):
+    manifest = write(tmp_path / "m.csv", "id,audio,avatar\nmy  first clip,a.wav,v.mp4\nb,b.wav,v.mp4\n")
+    first, _ = read_manifest(manifest, tmp_path / "out")
+    assert first.id == "my_first_clip" and first.output.name == "my_first_clip.mp4"

@@ -166,3 +166,26 @@ def test_an_unwritable_metrics_file_does_not_stop_the_run(tmp_path, caplog):
     metrics({"event": "run_started", "jobs": 1})  # no exception
     assert "cannot write the metrics file" in caplog.text and str(blocker) in caplog.text
     assert Path(blocker).read_text() == ""
+
+
+def test_each_shard_keeps_its_own_metrics_file_with_a_shard_label(tmp_path):
+    """Array tasks on one machine would overwrite one file: each shard's file has the shard in name and labels."""
+    from dhgen.cli import _event_handlers
+    from dhgen.events import job_finished, run_finished, run_started
+    from dhgen.options import RunOptions
+    from dhgen.progress import NullProgress
+    from dhgen.results import JobRecord
+    from dhgen.shards import Shard
+
+    given = tmp_path / "dhgen_nightly.prom"
+    for k in range(2):
+        run = RunOptions(out_dir=Path("/srv/renders"), shard=Shard(k, 2))
+        with _event_handlers(NullProgress(), run, given, None) as on_event:
+            on_event(run_started(1))
+            on_event(job_finished(JobRecord(f"j{k}", "succeeded", "a.wav", "v.mp4", "o.mp4", frames=10 + k)))
+            on_event(run_finished({"succeeded": 1, "failed": 0, "skipped": 0}))
+    assert not given.exists()
+    for k in range(2):
+        samples = parse_prometheus((tmp_path / f"dhgen_nightly.shard-{k}-of-2.prom").read_text())
+        assert value(samples, "dhgen_frames_rendered_total", shard=f"{k}/2") == 10 + k
+        assert value(samples, "dhgen_run_success", shard=f"{k}/2") == 1

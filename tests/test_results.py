@@ -5,8 +5,11 @@ import json
 
 from dhgen.results import JobRecord, ResultLog, already_done, last_records, utc_now
 
-# Every field DESIGN.md promises in a result record.
+# Every field DESIGN.md promises in a result record, and the per-job settings of issue 9 (README's field list).
 DESIGN_FIELDS = {
+    "settings",
+    "overrides",
+    "meta",
     "job_id",
     "status",
     "audio",

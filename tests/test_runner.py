@@ -12,6 +12,7 @@ import os
 from datetime import datetime
 from pathlib import Path
 
+import av
 import pytest
 from conftest import FIXTURES, write_clip
 from test_results import DESIGN_FIELDS
@@ -20,10 +21,11 @@ from dhgen.encoders import probe
 from dhgen.errors import OutputError, RunLocked, UsageError
 from dhgen.executors.inprocess import InProcessExecutor
 from dhgen.manifest import Job, read_manifest
-from dhgen.options import EncodeOptions, FaceOptions, ModelOptions, RenderOptions, RunOptions
+from dhgen.options import EncodeOptions, FaceOptions, JobSettings, ModelOptions, RenderOptions, RunOptions, job_options
 from dhgen.results import last_records
 from dhgen.retry import RetryPolicy
 from dhgen.runner import RunLock, render, render_settings
+from dhgen.shards import Shard
 
 
 @pytest.fixture
@@ -248,3 +250,105 @@ def test_resume_verify_renders_again_and_reports_changed_frames(tmp_path, option
     assert "0" * 64 in record.errors[0]["message"] and record.errors[0]["hint"]
     assert any(e["event"] == "incident" and e["error"]["type"] == "DigestMismatch" for e in events)
     assert log_lines(out)[-1]["errors"][0]["type"] == "DigestMismatch"
+
+
+# --- per-job settings ----------------------------------------------------------------------------------------------
+
+
+def video_facts(path: Path) -> tuple[float, int]:
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return float(stream.average_rate), sum(1 for _ in container.decode(video=0))
+
+
+def test_per_job_settings_reach_the_outputs_under_the_supervisor(tmp_path):
+    """The default executor (job processes, an inference worker): a job's own fps/crf/preset reach its file."""
+    write_clip(tmp_path / "in" / "a.wav", 0.6)
+    (tmp_path / "in" / "p.png").symlink_to(FIXTURES / "portrait.png")
+    manifest = tmp_path / "in" / "jobs.csv"
+    manifest.write_text(
+        "id,audio,avatar,fps,crf,preset,x_customer\nthirty,a.wav,p.png,30,51,ultrafast,acme\nplain,a.wav,p.png,,10,,\n"
+    )
+    out = tmp_path / "out"
+    run = RunOptions(out_dir=out, jobs=2)
+    summary = render(read_manifest(manifest, out), RenderOptions(), run)
+    assert summary.exit_code == 0, [r.error for r in summary.records]
+    assert video_facts(out / "thirty.mp4") == (30.0, 18)  # 0.6 s at the job's own 30 fps
+    assert video_facts(out / "plain.mp4") == (25.0, 15)  # the command line's 25
+    assert (out / "thirty.mp4").stat().st_size < (out / "plain.mp4").stat().st_size / 2  # crf 51 vs crf 10
+    records = {r["job_id"]: r for r in log_lines(out)}
+    thirty, plain = records["thirty"], records["plain"]
+    assert thirty["settings"] == {
+        "loop": "pingpong",
+        "fps": 30.0,
+        "crf": 51,
+        "preset": "ultrafast",
+        "pads": [0, 10, 0, 0],
+    }
+    assert thirty["overrides"] == {"fps": 30.0, "crf": 51, "preset": "ultrafast"}
+    assert thirty["encoder"]["name"] == "libx264" and thirty["encoder"]["preset"] == "ultrafast"
+    assert thirty["encoder"]["crf"] == 51
+    assert thirty["meta"] == {"x_customer": "acme"} and thirty["fps"] == 30.0
+    assert plain["settings"]["fps"] == 25.0 and plain["overrides"] == {"crf": 10} and plain["encoder"]["crf"] == 10
+
+
+def test_resume_renders_again_a_job_whose_own_settings_changed(tmp_path, options):
+    write_clip(tmp_path / "in" / "a.wav", 0.4)
+    (tmp_path / "in" / "p.png").symlink_to(FIXTURES / "portrait.png")
+    manifest = tmp_path / "in" / "jobs.csv"
+    out = tmp_path / "out"
+
+    def statuses(crf_of_b: str, **run_fields) -> dict[str, str]:
+        manifest.write_text(f"id,audio,avatar,crf,x_note\na,a.wav,p.png,,x\nb,a.wav,p.png,{crf_of_b},y\n")
+        summary = run_jobs(read_manifest(manifest, out), options, out, resume=True)
+        return {r.job_id: r.status for r in summary.records}
+
+    assert statuses("30") == {"a": "succeeded", "b": "succeeded"}
+    assert statuses("30") == {"a": "skipped", "b": "skipped"}
+    assert statuses("31") == {"a": "skipped", "b": "succeeded"}  # only b's own setting changed
+    manifest.write_text("id,audio,avatar,crf,x_note\na,a.wav,p.png,,changed\nb,a.wav,p.png,31,y\n")
+    summary = run_jobs(read_manifest(manifest, out), options, out, resume=True)
+    assert {r.status for r in summary.records} == {"skipped"}  # x_ columns are the user's, not render settings
+    assert log_lines(out)[-2]["meta"] == {"x_note": "changed"}
+
+
+def test_job_options_put_a_jobs_own_settings_over_the_run(options):
+    job = Job(
+        "a", Path("a.wav"), Path("v.mp4"), Path("a.mp4"), JobSettings(loop="loop", fps=30, crf=40, pads=(1, 2, 3, 4))
+    )
+    mine = job_options(options, job)
+    assert (mine.avatar.loop, mine.avatar.still_fps, mine.encode.crf, mine.model.pads) == ("loop", 30, 40, (1, 2, 3, 4))
+    assert mine.encode.preset == options.encode.preset and mine.face == options.face  # the rest as the run has it
+    assert job_options(options, Job("b", Path("a.wav"), Path("v.mp4"), Path("b.mp4"))) is options
+    assert render_settings(mine) != render_settings(options)
+
+
+# --- shards ----------------------------------------------------------------------------------------------------------
+
+
+def test_a_shard_renders_its_jobs_only_into_its_own_log(tmp_path, options):
+    audio = write_clip(tmp_path / "a.wav", 0.4)
+    out = tmp_path / "out"
+    jobs = [Job(f"j{i}", audio, FIXTURES / "portrait.png", out / f"j{i}.mp4") for i in range(6)]
+    mine = [j.id for j in jobs if Shard(1, 3).holds(j.id)]
+    assert mine and len(mine) < 6
+    events: list[dict] = []
+    summary = run_jobs(jobs, options, out, events, shard=Shard(1, 3))
+    assert [r.job_id for r in summary.records] == mine
+    assert events[0]["jobs"] == len(mine) and events[0]["shard"] == "1/3"
+    assert sorted(p.name for p in out.glob("results*")) == ["results.shard-1-of-3.jsonl"]
+    assert sorted(p.stem for p in out.glob("*.mp4")) == sorted(mine)
+
+
+def test_resume_of_a_shard_counts_jobs_done_by_an_earlier_unsharded_run(tmp_path, options):
+    audio = write_clip(tmp_path / "a.wav", 0.4)
+    out = tmp_path / "out"
+    jobs = [Job(f"j{i}", audio, FIXTURES / "portrait.png", out / f"j{i}.mp4") for i in range(4)]
+    run_jobs(jobs[:2], options, out)  # unsharded: results.jsonl
+    summary = run_jobs(jobs, options, out, resume=True, shard=Shard(0, 1))  # one shard of all: its own log
+    assert {r.job_id: r.status for r in summary.records} == {
+        "j0": "skipped",
+        "j1": "skipped",
+        "j2": "succeeded",
+        "j3": "succeeded",
+    }
