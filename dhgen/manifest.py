@@ -55,6 +55,18 @@ def single_job(audio: str | Path, avatar: str | Path, output: str | Path) -> Job
     return Job(id=_slug(output.stem), audio=Path(audio), avatar=Path(avatar), output=output)
 
 
+def jobs_from_dicts(items: list[dict[str, str]], out_dir: str | Path, source: str = "jobs") -> list[Job]:
+    """Jobs from dicts with a manifest's keys (the Python API), checked by the same rules as a manifest's rows.
+
+    Relative paths are relative to the current folder; errors name the item as `source:N` (N from 1)."""
+    path = Path(source)
+    rows = []
+    for number, item in enumerate(items, start=1):
+        _check_keys(path, number, list(item))
+        rows.append(_Row(number, {k: (v or "").strip() for k, v in item.items()}))
+    return _jobs_from_rows(path, rows, Path(out_dir)) if rows else []
+
+
 def _looks_like_jsonl(path: Path, text: str) -> bool:
     if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
         return True

@@ -27,9 +27,24 @@ class FaceOptions:
     cache_dir: Path = field(default_factory=default_cache_dir)  # where face tracks are cached
 
 
+# libx264's presets, fastest (biggest files) to slowest (smallest); x264 itself fails the encode on any other name.
+X264_PRESETS = (
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
+    "placebo",
+)
+
+
 @dataclass(frozen=True)
 class EncodeOptions:
-    preset: str = "veryfast"  # libx264 preset
+    preset: str = "veryfast"  # libx264 preset (X264_PRESETS)
     crf: int = 20  # libx264 constant rate factor (lower = better quality, bigger file)
     threads: int = 0  # x264 threads; 0 lets the encoder choose
     audio_bitrate: int = 128_000  # AAC bit rate, bits/s
@@ -61,6 +76,7 @@ class RunOptions:
     out_dir: Path = Path("renders")  # outputs land here unless a job names its own path
     log_path: Path | None = None  # result log; default out_dir/results.jsonl
     resume: bool = False  # skip jobs already rendered from the same inputs
+    overwrite: bool = True  # replace existing outputs; False refuses them before the run (one-job CLI default)
     jobs: int = 2  # job processes at once
     workers: int | None = None  # inference workers; None: one per visible GPU, else one CPU worker
     retries: int = 2  # extra attempts for retryable failures

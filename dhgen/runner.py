@@ -1,7 +1,11 @@
-"""A run over a list of jobs: the lock on the output folder, `--resume`, the result log and the events.
+"""A run over a list of jobs: the checks before it, the lock on the output folder, `--resume`, the result log and
+the events.
 
 `render()` is the library API (the CLI is a thin layer over it). How jobs are executed is an executor's
-business (`dhgen.executors`): each yields one `JobRecord` per job it was given; the runner writes them.
+business (`dhgen.executors`): each yields one `JobRecord` per job it was given; the runner writes them. Before
+the lock is taken, the options are checked (`dhgen.checks`) and outputs that must not be replaced are refused,
+so a usage error leaves nothing behind. A run stopped by a signal ends with a `run_stopped` event that names
+the jobs it interrupted and those it never started.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dhgen import events
-from dhgen.errors import OutputError, RunLocked
+from dhgen.checks import check_options
+from dhgen.errors import Interrupted, OutputError, RunLocked, UsageError
 from dhgen.events import EventFn
 from dhgen.executors import Executor, make_executor
 from dhgen.manifest import Job, file_digest, input_fingerprint
@@ -63,13 +68,42 @@ def render(
     on_event: EventFn | None = None,
     executor: Executor | None = None,
 ) -> RunSummary:
-    """Render every job; returns the records (also appended to the result log). Raises RunLocked."""
+    """Render every job; returns the records (also appended to the result log).
+
+    Raises UsageError before anything starts (bad options, an output that may not be replaced, a script without
+    the `__main__` guard), RunLocked, OutputError when the output folder cannot be used, Interrupted."""
+    refuse_in_spawned_child()
     options, run = options or RenderOptions(), run or RunOptions()
     jobs = list(jobs)
+    check_options(options, run)
+    if not run.overwrite:
+        refuse_existing_outputs(jobs, options, run)
     emit = on_event or (lambda event: None)
     executor = executor or make_executor(options, run)
     with RunLock(run.out_dir):
         return _render_locked(jobs, options, run, emit, executor)
+
+
+def refuse_in_spawned_child() -> None:
+    """A child process re-running a script's top level (no `__main__` guard) never starts a run of its own."""
+    from dhgen.executors.local.children import refuse_during_bootstrap
+
+    refuse_during_bootstrap()
+
+
+def refuse_existing_outputs(jobs: list[Job], options: RenderOptions, run: RunOptions) -> None:
+    """`overwrite=False`: an existing output is an error, unless --resume would skip its job anyway."""
+    previous = last_records(run.results_path) if run.resume else {}
+    settings = render_settings(options) if run.resume else {}
+    for job in jobs:
+        if not Path(job.output).exists():
+            continue
+        if run.resume and already_done(previous.get(job.id), job.output, input_fingerprint(job, settings)):
+            continue
+        raise UsageError(
+            f"{job.output} already exists",
+            hint="pass --overwrite to replace it (--resume keeps it when it was rendered from the same inputs)",
+        )
 
 
 def _render_locked(jobs, options, run, emit, executor) -> RunSummary:
@@ -85,8 +119,22 @@ def _render_locked(jobs, options, run, emit, executor) -> RunSummary:
             _finish(summary, result_log, emit, skipped_record(previous[job.id]))
         else:
             to_run.append(job)
-    for record in executor.run(to_run, fingerprints, emit):
-        _finish(summary, result_log, emit, record)
+    started: set[str] = set()
+
+    def watch(event: dict) -> None:
+        if event.get("event") == "job_started":
+            started.add(event["job_id"])
+        emit(event)
+
+    try:
+        for record in executor.run(to_run, fingerprints, watch):
+            _finish(summary, result_log, emit, record)
+    except Interrupted as exc:
+        finished = {r.job_id for r in summary.records}
+        interrupted = [j.id for j in to_run if j.id in started and j.id not in finished]
+        not_started = [j.id for j in to_run if j.id not in started]
+        emit(events.run_stopped(exc.signum, _counts(summary), interrupted, not_started))
+        raise
     emit(events.run_finished(_counts(summary)))
     return summary
 

@@ -24,8 +24,8 @@ import av
 import cv2
 import numpy as np
 
-from dhgen.errors import AudioDecodeError, DhgenError, EncodeError, MissingInputError, OutputError, reason
-from dhgen.options import EncodeOptions
+from dhgen.errors import AudioDecodeError, DhgenError, EncodeError, MissingInputError, OutputError, UsageError, reason
+from dhgen.options import X264_PRESETS, EncodeOptions
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,21 @@ _OUTPUT_HINTS = {
     errno.ENOENT: "create the output folder first",
     errno.ENOTDIR: "a path component of the output is a file, not a folder",
 }
+
+
+CRF_RANGE = (0, 51)
+
+
+def check_encode_options(options: EncodeOptions) -> None:
+    """`UsageError` for encoder settings the encoder would refuse, decided before the run (nothing is opened)."""
+    if options.preset not in X264_PRESETS:
+        raise UsageError(
+            f"--preset {options.preset!r} is not a libx264 preset",
+            hint=f"use one of: {', '.join(X264_PRESETS)} (default veryfast)",
+        )
+    low, high = CRF_RANGE
+    if not low <= options.crf <= high:
+        raise UsageError(f"--crf {options.crf} is not in {low}..{high}", hint="lower is better quality; 18-28 is usual")
 
 
 def aac_rate(rate: int) -> int:

@@ -16,7 +16,7 @@ import pytest
 from conftest import FIXTURES, write_clip
 from test_results import DESIGN_FIELDS
 
-from dhgen.errors import OutputError, RunLocked
+from dhgen.errors import OutputError, RunLocked, UsageError
 from dhgen.executors.inprocess import InProcessExecutor
 from dhgen.manifest import Job, read_manifest
 from dhgen.options import EncodeOptions, FaceOptions, ModelOptions, RenderOptions, RunOptions
@@ -101,15 +101,18 @@ def test_device_and_batch_size_do_not_change_the_fingerprint(options):
     assert render_settings(dataclasses.replace(options, encode=EncodeOptions(crf=30))) != render_settings(options)
 
 
-def test_unwritable_output_folder_is_an_output_error(tmp_path, options):
+def test_output_folder_under_a_file_is_refused_before_the_lock(tmp_path, options):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     out = blocker / "renders"  # tests run as root: a path under a regular file is what cannot be created
     audio = write_clip(tmp_path / "a.wav", 0.4)
-    with pytest.raises(OutputError) as info:
+    with pytest.raises(UsageError) as info:
         run_jobs([Job("a", audio, FIXTURES / "portrait.png", out / "a.mp4")], options, out)
-    assert str(blocker) in info.value.message and info.value.hint
+    assert f"{blocker} is a file, not a folder" in info.value.message and info.value.hint
     assert not out.exists() and blocker.read_text() == "not a folder"
+    with pytest.raises(OutputError) as info, RunLock(out):  # the lock itself still says what went wrong
+        pass
+    assert str(blocker) in info.value.message
 
 
 def test_job_writing_into_an_uncreatable_subfolder_fails_alone(tmp_path, options):
