@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 from datetime import datetime
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 from conftest import FIXTURES, write_clip
 from test_results import DESIGN_FIELDS
 
-from dhgen.errors import OutputError, RunLocked, UsageError
+from dhgen.errors import Interrupted, OutputError, RunLocked, UsageError
 from dhgen.executors.inprocess import InProcessExecutor
 from dhgen.manifest import Job, read_manifest
 from dhgen.options import EncodeOptions, FaceOptions, ModelOptions, RenderOptions, RunOptions
@@ -168,3 +169,44 @@ def test_new_weights_under_the_same_checkpoint_name_change_the_fingerprint(tmp_p
     before = render_settings(options)
     checkpoint.write_bytes(b"new weights")
     assert render_settings(options) != before
+
+
+class StoppedExecutor:
+    """Finishes the first job, starts the second, then a signal arrives (as the supervisor raises it)."""
+
+    def run(self, jobs, fingerprints, emit):
+        from dhgen.results import JobRecord
+
+        emit({"event": "job_started", "job_id": jobs[0].id, "attempt": 1})
+        yield JobRecord(jobs[0].id, "succeeded", str(jobs[0].audio), str(jobs[0].avatar), str(jobs[0].output))
+        emit({"event": "job_started", "job_id": jobs[1].id, "attempt": 1})
+        raise Interrupted(signal.SIGTERM)
+
+
+def test_a_stopped_run_names_its_interrupted_and_unstarted_jobs(tmp_path, options):
+    out = tmp_path / "out"
+    jobs = [Job(n, FIXTURES / "silence.wav", FIXTURES / "portrait.png", out / f"{n}.mp4") for n in ("a", "b", "c")]
+    seen: list[dict] = []
+    with pytest.raises(Interrupted):
+        render(jobs, options, RunOptions(out_dir=out), on_event=seen.append, executor=StoppedExecutor())
+    last = seen[-1]
+    assert last["event"] == "run_stopped" and last["signal"] == "SIGTERM"
+    assert (last["succeeded"], last["failed"], last["interrupted"], last["not_started"]) == (1, 0, ["b"], ["c"])
+    assert [r["job_id"] for r in log_lines(out)] == ["a"]  # finished jobs only are recorded
+
+
+def test_overwrite_false_refuses_an_existing_output_unless_resume_skips_it(tmp_path, options):
+    audio = write_clip(tmp_path / "a.wav", 0.4)
+    out = tmp_path / "out"
+    job = Job("a", audio, FIXTURES / "portrait.png", out / "a.mp4")
+    assert run_jobs([job], options, out, overwrite=False).exit_code == 0  # nothing there yet
+    before = (out / "a.mp4").read_bytes()
+    with pytest.raises(UsageError, match="a.mp4 already exists") as info:
+        run_jobs([job], options, out, overwrite=False)
+    assert "--overwrite" in info.value.hint and len(log_lines(out)) == 1  # no record for the refused run
+    summary = run_jobs([job], options, out, overwrite=False, resume=True)  # same inputs: skipped, kept
+    assert [r.status for r in summary.records] == ["skipped"] and (out / "a.mp4").read_bytes() == before
+    changed = dataclasses.replace(options, encode=EncodeOptions(crf=30))
+    with pytest.raises(UsageError, match="already exists"):  # --resume would render it again: refused
+        run_jobs([job], changed, out, overwrite=False, resume=True)
+    assert (out / "a.mp4").read_bytes() == before
