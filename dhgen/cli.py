@@ -342,8 +342,8 @@ def _jobs(manifest, audio, avatar, output, out) -> tuple[list[Job], Path, bool]:
             f"--out {out} is for manifest runs; one job is written where -o says ({output})",
             hint="drop --out (the result log and the lock go beside the -o file)",
         )
-    if output.suffix.lower() != ".mp4":
-        raise UsageError(f"output {output} must end in .mp4", hint="name the output file like out.mp4")
+    if output.suffix.lower() != ".mp4" or output.is_dir():
+        raise UsageError(f"output {output} must be an .mp4 file name", hint="name the output file like out.mp4")
     from dhgen.checks import check_input_file
 
     check_input_file(audio, "--audio")
