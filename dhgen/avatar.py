@@ -24,11 +24,10 @@ import cv2
 import numpy as np
 
 from dhgen.errors import AvatarDecodeError, MissingInputError, reason
-from dhgen.options import AvatarOptions
+from dhgen.options import LOOP_MODES, AvatarOptions
 
 log = logging.getLogger(__name__)
 
-LOOP_MODES = ("pingpong", "loop")
 REVERSE_CHUNK_BYTES = 256 * 2**20  # memory bound for one backward ping-pong chunk of BGR frames
 _ROTATE = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}
 

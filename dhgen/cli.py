@@ -2,13 +2,16 @@
 
 Only this module knows about typer and the terminal. Exit codes (DESIGN.md): 0 all succeeded or skipped,
 1 a job failed, 2 usage or unreadable manifest, 75 the output folder is locked, 130 SIGINT, 143 SIGTERM.
+
+Every error the user sees has one shape, whether typer's parser or dhgen found it: an `error:` line and a
+`hint:` line on stderr (plain text, so cron mail and CI logs read the same as a terminal). Typer's boxed
+error panels are replaced by that shape in `DhgenGroup.main`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import signal
 import sys
 from enum import Enum
@@ -16,16 +19,81 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
+from dhgen import __version__, events
+from dhgen.encoders import X264_PRESETS
 from dhgen.errors import DhgenError, Interrupted, OutputError, RunLocked, UsageError
 from dhgen.manifest import Job, read_manifest, single_job
 from dhgen.options import AvatarOptions, EncodeOptions, FaceOptions, ModelOptions, RenderOptions, RunOptions
 from dhgen.shards import Shard, resolve_shard, shard_path
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 75
+try:  # typer >= 0.17 carries its own copy of click
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover - older typer on click
+    from click.exceptions import ClickException
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Render lip-synced talking-head videos.")
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 75
+DEFAULT_OUT = Path("renders")
 log = logging.getLogger("dhgen")
+
+
+def print_error(message: str, hint: str | None) -> None:
+    """The one shape of every error: `error: ...` and `  hint: ...` on stderr (bold/dim on a terminal only)."""
+    from rich.console import Console
+    from rich.text import Text
+
+    text = Text.assemble(("error: ", "bold red"), message)
+    if hint:
+        text.append(f"\n  hint: {hint}", style="dim")
+    Console(stderr=True, highlight=False, soft_wrap=True).print(text)
+
+
+def _without_flag_metavars(command, ctx) -> None:
+    """Flags take no value: show none (typer would show `<bool>`)."""
+    for param in command.get_params(ctx):
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+
+
+class DhgenCommand(TyperCommand):
+    def format_help(self, ctx, formatter) -> None:
+        _without_flag_metavars(self, ctx)
+        return super().format_help(ctx, formatter)
+
+
+class DhgenGroup(TyperGroup):
+    """Typer's group, with usage errors printed in dhgen's `error:`/`hint:` shape instead of a boxed panel."""
+
+    def format_help(self, ctx, formatter) -> None:
+        _without_flag_metavars(self, ctx)
+        return super().format_help(ctx, formatter)
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except ClickException as exc:
+            code = _usage_error(exc)
+        sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+def _usage_error(exc: ClickException) -> int:
+    if type(exc).__name__ != "NoArgsIsHelpError":  # that one has printed the help already
+        ctx = getattr(exc, "ctx", None)
+        command = ctx.command_path if ctx is not None else "dhgen"
+        print_error(exc.format_message(), f"run `{command} -h` for the options")
+    return exc.exit_code
+
+
+app = typer.Typer(
+    cls=DhgenGroup,
+    add_completion=False,
+    no_args_is_help=True,
+    help="Render lip-synced talking-head videos.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 
 
 class Progress(str, Enum):
@@ -46,8 +114,25 @@ class Codec(str, Enum):
     hevc = "hevc"
 
 
+class LogLevel(str, Enum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"dhgen {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
 @app.callback()
-def _app() -> None:
+def _app(
+    version: Annotated[
+        bool, typer.Option("--version", help="print the version and exit", is_eager=True, callback=_print_version)
+    ] = False,
+) -> None:
     """dhgen: batch renderer for lip-synced talking-head videos."""
 
 
@@ -61,8 +146,21 @@ ONE_JOB, MANIFEST, MODEL, ENCODING, EXECUTION, REPORTING = (
     "Progress and logs",
 )
 
+RENDER_EPILOG = """\
+[bold]Examples[/bold]
+  dhgen render jobs.csv --out renders/batch1 --resume
+  dhgen render --audio hello.wav --avatar face.mp4 -o hello.mp4
+  dhgen render jobs.csv --device cuda --jobs 8 --progress plain
 
-@app.command()
+[bold]Exit codes[/bold]
+  0        every job succeeded or was skipped
+  1        at least one job failed (the others still ran; see the result log)
+  2        usage error or unreadable manifest (nothing was started)
+  75       another dhgen run holds the output folder
+  130/143  stopped by SIGINT/SIGTERM (finished jobs are recorded)"""
+
+
+@app.command(cls=DhgenCommand, epilog=RENDER_EPILOG)
 def render(
     manifest: Annotated[Path | None, typer.Argument(help="CSV or JSONL manifest of jobs")] = None,
     audio: Annotated[Path | None, typer.Option(help="the audio file", rich_help_panel=ONE_JOB)] = None,
@@ -70,18 +168,25 @@ def render(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="the output .mp4", rich_help_panel=ONE_JOB)
     ] = None,
-    out: Annotated[Path, typer.Option(help="output folder for manifest jobs", rich_help_panel=MANIFEST)] = Path(
-        "renders"
-    ),
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite", help="replace -o OUT.mp4 if it exists (refused without this)", rich_help_panel=ONE_JOB
+        ),
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="output folder for manifest jobs (default ./renders)", rich_help_panel=MANIFEST)
+    ] = None,
     log_path: Annotated[
         Path | None, typer.Option("--log", help="result log (default OUT/results.jsonl)", rich_help_panel=MANIFEST)
     ] = None,
     resume: Annotated[
-        bool, typer.Option(help="skip jobs already rendered from the same inputs", rich_help_panel=MANIFEST)
+        bool, typer.Option("--resume", help="skip jobs already rendered from the same inputs", rich_help_panel=MANIFEST)
     ] = False,
     verify: Annotated[
         bool,
         typer.Option(
+            "--verify",
             help="with --resume: render again what would be skipped; exit 1 if its frames_digest changed",
             rich_help_panel=MANIFEST,
         ),
@@ -100,7 +205,10 @@ def render(
     ] = None,
     model: Annotated[str, typer.Option(help="mouthwarp (built in) or wav2lip", rich_help_panel=MODEL)] = "mouthwarp",
     checkpoint: Annotated[Path | None, typer.Option(help="model weights (wav2lip)", rich_help_panel=MODEL)] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N", rich_help_panel=MODEL)] = "auto",
+    device: Annotated[
+        str,
+        typer.Option(metavar="<auto|cpu|cuda|cuda:N>", help="where the model runs", rich_help_panel=MODEL),
+    ] = "auto",
     batch_size: Annotated[
         int | None,
         typer.Option(min=1, help="face crops per model call (default 128 on CUDA, 16 on CPU)", rich_help_panel=MODEL),
@@ -127,7 +235,12 @@ def render(
         typer.Option(help="h264 (default) or hevc; a named --encoder implies its own", rich_help_panel=ENCODING),
     ] = None,
     preset: Annotated[
-        str, typer.Option(help="x264 preset name, mapped per encoder (NVENC: p1..p7)", rich_help_panel=ENCODING)
+        str,
+        typer.Option(
+            metavar="<preset>",
+            help=f"x264 preset, fastest to smallest: {', '.join(X264_PRESETS)}; mapped per encoder (NVENC: p1..p7)",
+            rich_help_panel=ENCODING,
+        ),
     ] = "veryfast",
     crf: Annotated[
         int,
@@ -146,12 +259,23 @@ def render(
     job_timeout: Annotated[
         float | None, typer.Option(min=1, help="seconds one job attempt may take", rich_help_panel=EXECUTION)
     ] = None,
-    progress: Annotated[Progress, typer.Option(help="progress display", rich_help_panel=REPORTING)] = Progress.auto,
+    progress: Annotated[
+        Progress,
+        typer.Option(
+            metavar="<mode>",
+            help="auto (rich on a terminal, else plain), rich, plain, json (events on stdout) or none",
+            rich_help_panel=REPORTING,
+        ),
+    ] = Progress.auto,
     log_level: Annotated[
-        str, typer.Option(help="DEBUG, INFO, WARNING or ERROR", rich_help_panel=REPORTING)
-    ] = "WARNING",
+        LogLevel,
+        typer.Option(
+            metavar="<level>", case_sensitive=False, help="DEBUG, INFO, WARNING or ERROR", rich_help_panel=REPORTING
+        ),
+    ] = LogLevel.WARNING,
     log_file: Annotated[
-        Path | None, typer.Option(help="also append the log to this file", rich_help_panel=REPORTING)
+        Path | None,
+        typer.Option(help="also append the log to this file (its folder is created)", rich_help_panel=REPORTING),
     ] = None,
     metrics_file: Annotated[
         Path | None, typer.Option(help="Prometheus textfile kept up to date (cron)", rich_help_panel=REPORTING)
@@ -161,26 +285,31 @@ def render(
     ] = 30.0,
 ) -> None:
     """Render every job of MANIFEST, or one job given with --audio/--avatar/-o."""
-    from dhgen.progress import make_progress
+    from dhgen.progress import EventLog, Tee, make_progress
 
     display = make_progress(progress.value, heartbeat_s=heartbeat)
+    refusal = Tee(display)  # where a refused run's `run_error` event goes (the log file too, once it is open)
     try:
-        _setup_logging(log_level, log_file, display)
-        job_list, out_dir = _jobs(manifest, audio, avatar, output, out)
+        _setup_logging(log_level.value, log_file, display)
+        refusal = Tee(display, EventLog() if log_file else None)
+        job_list, out_dir, one_job = _jobs(manifest, audio, avatar, output, out)
         run_shard = _shard(manifest, shard, shard_count)
+        if verify and not resume:
+            raise UsageError("--verify needs --resume", hint="--resume --verify checks the last run's frames_digest")
         options = RenderOptions(
             avatar=AvatarOptions(still_fps=fps, loop=loop.value),
             face=FaceOptions(),
-            encode=_encode_options(encoder, codec, preset, crf),
-            model=_model_options(model, checkpoint, device, batch_size, pads),
+            encode=EncodeOptions(encoder=encoder, codec=codec.value if codec else None, preset=preset, crf=crf),
+            model=ModelOptions(
+                name=model, checkpoint=checkpoint, device=device, batch_size=batch_size, pads=tuple(pads)
+            ),
         )
-        if verify and not resume:
-            raise UsageError("--verify needs --resume", hint="--resume --verify checks the last run's frames_digest")
         run = RunOptions(
             out_dir=out_dir,
             log_path=log_path,
             resume=resume,
             verify=verify,
+            overwrite=overwrite or not one_job,
             jobs=jobs,
             workers=workers,
             retries=retries,
@@ -189,7 +318,7 @@ def render(
             shard=run_shard,
         )
     except UsageError as exc:
-        _fail(exc, EXIT_USAGE)
+        _fail(exc, EXIT_USAGE, refusal)
     raise typer.Exit(_run(job_list, options, run, _event_handlers(display, run, metrics_file, log_file)))
 
 
@@ -215,24 +344,27 @@ def _event_handlers(display, run: RunOptions, metrics_file: Path | None, log_fil
 def _run(job_list: list[Job], options: RenderOptions, run: RunOptions, handlers) -> int:
     from dhgen.runner import render as render_jobs
 
-    try:
-        with handlers as on_event:
+    with handlers as on_event:
+        try:
             summary = render_jobs(job_list, options, run, on_event=on_event)
-    except RunLocked as exc:
-        _fail(exc, EXIT_LOCKED)
-    except UsageError as exc:
-        _fail(exc, EXIT_USAGE)
-    except Interrupted as exc:
-        typer.echo(f"stopped by {signal.Signals(exc.signum).name}; finished jobs are in the result log", err=True)
-        raise typer.Exit(128 + exc.signum) from None
-    except OutputError as exc:
-        _fail(exc, EXIT_FAILED)
-    return summary.exit_code
+        except UsageError as exc:
+            _fail(exc, EXIT_USAGE, on_event)
+        except RunLocked as exc:
+            _fail(exc, EXIT_LOCKED, on_event)
+        except OutputError as exc:
+            _fail(exc, EXIT_FAILED, on_event)
+        except Interrupted as exc:
+            signum = exc.signum
+        else:
+            return summary.exit_code
+    name = signal.Signals(signum).name
+    typer.echo(f"stopped by {name}: finished jobs are in the result log; --resume renders the rest", err=True)
+    raise typer.Exit(128 + signum)
 
 
-@app.command()
+@app.command(cls=DhgenCommand)
 def doctor(
-    out: Annotated[Path, typer.Option(help="output folder whose free space is checked")] = Path("renders"),
+    out: Annotated[Path, typer.Option(help="output folder whose free space is checked")] = DEFAULT_OUT,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as one JSON object")] = False,
 ) -> None:
     """Report what this machine has that dhgen needs; exit 1 when something required is missing."""
@@ -245,7 +377,7 @@ def doctor(
     raise typer.Exit(report.exit_code)
 
 
-@app.command()
+@app.command(cls=DhgenCommand)
 def report(
     out_dir: Annotated[Path, typer.Argument(help="the batch's output folder (--out): its result logs are read")],
     manifest: Annotated[
@@ -290,40 +422,35 @@ def _written(path: Path | None, count: int | None) -> dict | None:
     return None if path is None else {"path": str(path), "jobs": count, "written": bool(count)}
 
 
-def _jobs(manifest, audio, avatar, output, out) -> tuple[list[Job], Path]:
+def _jobs(manifest, audio, avatar, output, out) -> tuple[list[Job], Path, bool]:
+    """The jobs, their output folder, and whether this is the one-job form."""
     if manifest is not None:
         if audio or avatar or output:
             raise UsageError("give either a MANIFEST or --audio/--avatar/-o, not both")
-        return read_manifest(manifest, out), out
+        out = out or DEFAULT_OUT
+        return read_manifest(manifest, out), out, False
     if not (audio and avatar and output):
         raise UsageError("give a MANIFEST, or all of --audio, --avatar and -o/--output")
-    if output.suffix.lower() != ".mp4":
-        raise UsageError(f"output {output} must end in .mp4", hint="name the output file like out.mp4")
-    return [single_job(audio, avatar, output)], output.parent
+    if out is not None:
+        raise UsageError(
+            f"--out {out} is for manifest runs; one job is written where -o says ({output})",
+            hint="drop --out (the result log and the lock go beside the -o file)",
+        )
+    if output.suffix.lower() != ".mp4" or output.is_dir():
+        raise UsageError(f"output {output} must be an .mp4 file name", hint="name the output file like out.mp4")
+    from dhgen.checks import check_input_file
+
+    check_input_file(audio, "--audio")
+    check_input_file(avatar, "--avatar")
+    return [single_job(audio, avatar, output)], output.parent, True
 
 
-def _encode_options(encoder: str, codec: Codec | None, preset: str, crf: int) -> EncodeOptions:
-    """The encode options, with the encoder checked to open here (UsageError otherwise)."""
-    from dhgen.encoders import resolve_encoder
-
-    options = EncodeOptions(encoder=encoder, codec=codec.value if codec else None, preset=preset, crf=crf)
-    resolve_encoder(options)  # probes once; dhgen.runner.render reuses the answer
-    return options
-
-
-def _model_options(model, checkpoint, device, batch_size, pads) -> ModelOptions:
-    from dhgen.models import get_spec
-
-    spec = get_spec(model)
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
-        raise UsageError(f"--device {device!r} is not a device", hint="use auto, cpu, cuda or cuda:N")
-    if spec.needs_checkpoint and checkpoint is None:
-        raise UsageError(f"--model {model} needs --checkpoint PATH", hint="pass the generator's weights file")
-    return ModelOptions(name=model, checkpoint=checkpoint, device=device, batch_size=batch_size, pads=tuple(pads))
-
-
-def _fail(exc: DhgenError, code: int):
-    typer.echo(f"error: {exc.message}\n  hint: {exc.hint}", err=True)
+def _fail(exc: DhgenError, code: int, on_event=None):
+    """End a command that could not go on: the error and its hint (for a run, after a `run_error` event for the
+    JSON stream and the log file)."""
+    if on_event is not None:
+        on_event(events.run_error(exc.to_record(), code))
+    print_error(exc.message, exc.hint)
     raise typer.Exit(code)
 
 
@@ -334,8 +461,6 @@ def _setup_logging(level: str, log_file: Path | None, display) -> None:
     """Logs go to stderr (through the live display's console under --progress rich) and to --log-file."""
     from dhgen.progress import RichProgress
 
-    if not isinstance(logging.getLevelName(level.upper()), int):
-        raise UsageError(f"unknown --log-level {level}", hint="use DEBUG, INFO, WARNING or ERROR")
     if isinstance(display, RichProgress):
         from rich.logging import RichHandler
 
@@ -347,13 +472,26 @@ def _setup_logging(level: str, log_file: Path | None, display) -> None:
     console_handler.addFilter(lambda record: not record.name.startswith("dhgen.events"))  # the display has them
     handlers: list[logging.Handler] = [console_handler]
     if log_file is not None:
-        try:
-            file_handler = logging.FileHandler(log_file, encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"cannot open --log-file {log_file}: {exc.strerror or exc}") from exc
-        file_handler.setFormatter(logging.Formatter(LOG_FORMAT))
-        handlers.append(file_handler)
-    logging.basicConfig(level=level.upper(), handlers=handlers, force=True)
+        handlers.append(_file_handler(log_file))
+    logging.basicConfig(level=level, handlers=handlers, force=True)
+
+
+def _file_handler(log_file: Path) -> logging.Handler:
+    """A handler appending to `log_file`, its folder created as the output folder is."""
+    from dhgen.checks import folder_problem
+
+    problem = folder_problem(log_file.parent)
+    if problem is None and log_file.is_dir():
+        problem = f"{log_file} is a folder, not a file"
+    if problem:
+        raise UsageError(f"--log-file {problem}", hint="pass --log-file a file path you can write")
+    try:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot open --log-file {log_file}: {exc.strerror or exc}") from exc
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    return handler
 
 
 def main() -> None:

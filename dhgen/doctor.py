@@ -3,7 +3,9 @@
 Every fact comes from a probe (a plain function); `Probes` bundles them so tests can simulate a machine that
 lacks an encoder or the Haar cascade, or one where NVENC opens. The H.264/HEVC encoders are listed by opening a
 tiny encode with each (`dhgen.encoders.survey`), as `--encoder auto` decides. Required checks that fail make the
-verdict "not ready" and the exit code 1; warnings (no GPU, little free space, no HEVC encoder) do not.
+verdict "not ready" and the exit code 1; warnings (no GPU, little free space, no HEVC encoder) do not. `--json`
+gives each check's numbers as numbers (`free_bytes`, `count`, ...) beside its words, and the verdict without its
+"verdict: " prefix.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ class Check:
     status: str  # ok | warn | fail | info
     detail: str
     hint: str = ""
+    data: dict = field(default_factory=dict)  # the facts behind `detail`, as numbers/strings/bools (--json)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "status": self.status, "detail": self.detail, "hint": self.hint, **self.data}
 
 
 # --- probes: each returns a fact or raises --------------------------------------------------------------------
@@ -87,12 +93,22 @@ def probe_cache() -> tuple[Path, int]:
     return folder, size
 
 
-def probe_output(folder: Path) -> tuple[int, bool]:
-    """Free bytes where `folder` is (or would be created), and whether dhgen may write there."""
-    folder = Path(folder).absolute()
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    return shutil.disk_usage(folder).free, os.access(folder, os.W_OK | os.X_OK)
+@dataclass(frozen=True)
+class OutputFolder:
+    free: int  # bytes free on the volume where the folder is (or would be created)
+    writable: bool
+    existing: Path  # the folder itself, or its nearest existing parent
+    is_file: bool = False  # the path (or a part of it) is a file
+
+
+def probe_output(folder: Path) -> OutputFolder:
+    """Free bytes where `folder` is (or would be created), whether dhgen may write there, what exists of it."""
+    existing = Path(folder).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return OutputFolder(shutil.disk_usage(existing.parent).free, False, existing, is_file=True)
+    return OutputFolder(shutil.disk_usage(existing).free, os.access(existing, os.W_OK | os.X_OK), existing)
 
 
 def probe_cpus() -> int:
@@ -107,7 +123,7 @@ class Probes:
     encoder: Callable[[str], bool] = probe_encoder
     cascade: Callable[[], Path | None] = probe_cascade
     cache: Callable[[], tuple[Path, int]] = probe_cache
-    output: Callable[[Path], tuple[int, bool]] = probe_output
+    output: Callable[[Path], OutputFolder] = probe_output
     cpus: Callable[[], int] = probe_cpus
     encoders: Callable[[], list[EncoderInfo]] = survey
 
@@ -119,8 +135,8 @@ def check_python(probes: Probes) -> list[Check]:
     version = probes.python()
     text = ".".join(map(str, version))
     if tuple(version[:2]) < MIN_PYTHON:
-        return [Check("python", "fail", f"{text} (needs >= 3.10)", "use Python 3.10 or newer")]
-    return [Check("python", "ok", text)]
+        return [Check("python", "fail", f"{text} (needs >= 3.10)", "use Python 3.10 or newer", {"version": text})]
+    return [Check("python", "ok", text, data={"version": text})]
 
 
 def check_torch(probes: Probes) -> list[Check]:
@@ -129,15 +145,23 @@ def check_torch(probes: Probes) -> list[Check]:
     except Exception as exc:  # noqa: BLE001 - any failure to import torch is the finding
         return [Check("torch", "fail", f"cannot import torch: {exc}", "run `make install` (installs torch)")]
     build = f"CUDA {info['cuda']} build" if info.get("cuda") else "CPU-only build"
-    checks = [Check("torch", "ok", f"{info['version']} ({build})")]
-    if info.get("devices"):
-        return [*checks, Check("cuda devices", "ok", "; ".join(info["devices"]))]
+    checks = [
+        Check(
+            "torch", "ok", f"{info['version']} ({build})", data={"version": info["version"], "cuda": info.get("cuda")}
+        )
+    ]
+    devices = list(info.get("devices") or [])
+    if devices:
+        return [
+            *checks,
+            Check("cuda devices", "ok", "; ".join(devices), data={"count": len(devices), "devices": devices}),
+        ]
     if info.get("cuda"):
         hint = "check `nvidia-smi` and CUDA_VISIBLE_DEVICES"
     else:
         hint = "on a GPU box install the CUDA build of torch (`make install` does where nvidia-smi exists)"
     words = "none: the model runs on the CPU (fine for mouthwarp, slow for wav2lip)"
-    return [*checks, Check("cuda devices", "warn", words, hint)]
+    return [*checks, Check("cuda devices", "warn", words, hint, {"count": 0, "devices": []})]
 
 
 def check_media(probes: Probes) -> list[Check]:
@@ -145,10 +169,11 @@ def check_media(probes: Probes) -> list[Check]:
         info = probes.pyav()
     except Exception as exc:  # noqa: BLE001
         return [Check("pyav", "fail", f"cannot import av (PyAV): {exc}", "run `make install` (installs av)")]
-    checks = [Check("pyav", "ok", f"{info['version']} (FFmpeg {info['ffmpeg']}, libavcodec {info['libavcodec']})")]
+    words = f"{info['version']} (FFmpeg {info['ffmpeg']}, libavcodec {info['libavcodec']})"
+    checks = [Check("pyav", "ok", words, data={k: info[k] for k in ("version", "ffmpeg", "libavcodec")})]
     for name in REQUIRED_ENCODERS:
         if probes.encoder(name):
-            checks.append(Check(f"{name} encoder", "ok", "available"))
+            checks.append(Check(f"{name} encoder", "ok", "available", data={"available": True}))
         else:
             checks.append(
                 Check(
@@ -156,6 +181,7 @@ def check_media(probes: Probes) -> list[Check]:
                     "fail",
                     "missing from this FFmpeg build",
                     "install the PyPI wheel of av (it bundles FFmpeg with libx264 and aac): pip install --force av",
+                    {"available": False},
                 )
             )
     return checks
@@ -201,31 +227,47 @@ def check_cascade(probes: Probes) -> list[Check]:
     else:
         why = "haarcascade_frontalface_default.xml not found or not loadable"
     if path is None:
-        return [Check("haar cascade", "fail", why, "install opencv-python-headless<5 (5.x wheels ship no cascades)")]
-    return [Check("haar cascade", "ok", str(path))]
+        hint = "install opencv-python-headless<5 (5.x wheels ship no cascades)"
+        return [Check("haar cascade", "fail", why, hint, {"path": None})]
+    return [Check("haar cascade", "ok", str(path), data={"path": str(path)})]
 
 
 def check_disk(probes: Probes, out_dir: Path) -> list[Check]:
     folder, size = probes.cache()
-    checks = [Check("face cache", "info", f"{folder} ({size / 1024**2:.1f} MiB)")]
+    checks = [
+        Check("face cache", "info", f"{folder} ({size / 1024**2:.1f} MiB)", data={"path": str(folder), "bytes": size})
+    ]
+    return [*checks, check_output_folder(probes, out_dir)]
+
+
+def check_output_folder(probes: Probes, out_dir: Path) -> Check:
+    """The output folder: a folder (or creatable), writable, its free space; says so when it does not exist."""
+    name, hint = "output folder", "pass an --out folder you can write"
     try:
-        free, writable = probes.output(out_dir)
+        found = probes.output(out_dir)
     except OSError as exc:
-        writable, exc_words = False, f": {exc}"
-    else:
-        exc_words = ""
-    if not writable:
-        words = f"{out_dir}: cannot be written{exc_words}"
-        return [*checks, Check("output folder", "fail", words, "pass an --out folder you can write")]
-    words = f"{out_dir}: {free / 1024**3:.1f} GiB free"
-    if free < LOW_SPACE_BYTES:
-        return [*checks, Check("output folder", "warn", words, "free some space: outputs fail with OutputError")]
-    return [*checks, Check("output folder", "ok", words)]
+        return Check(
+            name, "fail", f"{out_dir}: cannot be examined: {exc.strerror or exc}", hint, {"path": str(out_dir)}
+        )
+    exists = found.existing == Path(out_dir).absolute()
+    data = {"path": str(out_dir), "exists": exists, "writable": found.writable, "free_bytes": found.free}
+    if found.is_file:
+        where = out_dir if exists else f"{out_dir}: {found.existing}"
+        return Check(name, "fail", f"{where} is a file, not a folder", hint, {**data, "exists": False})
+    where = f"{out_dir}" if exists else f"{out_dir} does not exist yet (dhgen creates it in {found.existing})"
+    if not found.writable:
+        return Check(name, "fail", f"{where}: cannot be written", hint, data)
+    words = f"{where}: {found.free / 1024**3:.1f} GiB free"
+    if found.free < LOW_SPACE_BYTES:
+        return Check(name, "warn", words, "free some space: outputs fail with OutputError", data)
+    return Check(name, "ok", words, data=data)
 
 
 def check_cpus(probes: Probes) -> list[Check]:
     cpus = probes.cpus()
-    return [Check("cpus", "info", f"{cpus} (x264 encoding runs here: --jobs about cpus/2 to cpus)")]
+    return [
+        Check("cpus", "info", f"{cpus} (x264 encoding runs here: --jobs about cpus/2 to cpus)", data={"count": cpus})
+    ]
 
 
 @dataclass
@@ -246,10 +288,14 @@ class Report:
         return EXIT_NOT_READY if self.failed else EXIT_READY
 
     def verdict(self) -> str:
+        return f"verdict: {self.conclusion()}"
+
+    def conclusion(self) -> str:
+        """ "ready to render (1 warning)" or "NOT READY, missing: torch, haar cascade"."""
         if self.failed:
-            return "verdict: NOT READY, missing: " + ", ".join(c.name for c in self.failed)
+            return "NOT READY, missing: " + ", ".join(c.name for c in self.failed)
         warned = f" ({len(self.warnings)} warning{'s' * (len(self.warnings) != 1)})" if self.warnings else ""
-        return f"verdict: ready to render{warned}"
+        return f"ready to render{warned}"
 
     def lines(self) -> list[str]:
         width = max((len(c.name) for c in self.checks), default=0)
@@ -263,9 +309,9 @@ class Report:
     def to_dict(self) -> dict:
         return {
             "ready": not self.failed,
-            "checks": [asdict(c) for c in self.checks],
+            "checks": [c.to_dict() for c in self.checks],
             "encoders": [{**asdict(e), "opens": e.opens} for e in self.encoders],
-            "verdict": self.verdict(),
+            "verdict": self.conclusion(),
         }
 
 

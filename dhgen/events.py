@@ -6,6 +6,7 @@ Consumers ignore fields they do not know.
 from __future__ import annotations
 
 import dataclasses
+import signal
 from collections.abc import Callable
 
 from dhgen.results import JobRecord, utc_now
@@ -19,6 +20,24 @@ def run_started(jobs: int, **extra) -> dict:
 
 def run_finished(counts: dict, **extra) -> dict:
     return {"event": "run_finished", "time": utc_now(), **counts, **extra}
+
+
+def run_stopped(signum: int, counts: dict, interrupted: list[str], not_started: list[str], **extra) -> dict:
+    """The last event of a run a signal stopped: finished jobs are counted, the others named."""
+    return {
+        "event": "run_stopped",
+        "signal": signal.Signals(signum).name,
+        **counts,
+        "interrupted": interrupted,
+        "not_started": not_started,
+        **extra,
+        "time": utc_now(),
+    }
+
+
+def run_error(error: dict, exit_code: int, **extra) -> dict:
+    """The only event of a run refused before it started (usage error, unreadable manifest, locked folder)."""
+    return {"event": "run_error", "error": error, "exit_code": exit_code, **extra, "time": utc_now()}
 
 
 def job_started(job_id: str, attempt: int, pid: int | None = None, **extra) -> dict:

@@ -20,8 +20,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dhgen.encoders import X264_PRESETS
 from dhgen.errors import ManifestError, reason
-from dhgen.options import LOOP_MODES, X264_PRESETS, JobSettings
+from dhgen.options import LOOP_MODES, JobSettings
 
 KNOWN_KEYS = ("id", "audio", "avatar", "output")
 SETTING_KEYS = ("loop", "fps", "crf", "preset", "pads")  # a job's own settings, over the command line's
@@ -84,6 +85,15 @@ def single_job(audio: str | Path, avatar: str | Path, output: str | Path) -> Job
     """The one-job form (`--audio A --avatar V -o OUT.mp4`): the caller chose the output path itself."""
     output = Path(output)
     return Job(id=_slug(output.stem), audio=Path(audio), avatar=Path(avatar), output=output)
+
+
+def jobs_from_dicts(items: list[dict], out_dir: str | Path, source: str = "jobs") -> list[Job]:
+    """Jobs from dicts with a manifest's keys (the Python API), checked by the same rules as a manifest's rows.
+
+    Relative paths are relative to the current folder; errors name the item as `source:N` (N from 1)."""
+    path = Path(source)
+    rows = [_object_row(path, number, item) for number, item in enumerate(items, start=1)]
+    return _jobs_from_rows(path, rows, Path(out_dir)) if rows else []
 
 
 # --- the file: text, format --------------------------------------------------------------------------------------
@@ -210,14 +220,19 @@ def _jsonl_rows(path: Path, text: str) -> list[_Row]:
             raise ManifestError(f"{path}:{line}: not valid JSON ({exc.msg})", path=path, hint=hint) from None
         if not isinstance(obj, dict):
             raise ManifestError(f"{path}:{line}: each line must be a JSON object", path=path, hint=JSON_LINE_HINT)
-        _check_keys(path, line, list(obj))
-        bad = [k for k in KNOWN_KEYS if obj.get(k) is not None and not isinstance(obj[k], str)]
-        if bad:
-            raise ManifestError(
-                f"{path}:{line}: {bad[0]!r} must be a string", path=path, hint=f'write it in quotes: "{bad[0]}": "..."'
-            )
-        rows.append(_Row(line, {k: (v or "").strip() if k in KNOWN_KEYS else v for k, v in obj.items()}))
+        rows.append(_object_row(path, line, obj))
     return rows
+
+
+def _object_row(path: Path, line: int, obj: dict) -> _Row:
+    """A JSON Lines object (or a dict given to the Python API) as a row: known keys checked, paths as strings."""
+    _check_keys(path, line, list(obj))
+    bad = [k for k in KNOWN_KEYS if obj.get(k) is not None and not isinstance(obj[k], str)]
+    if bad:
+        raise ManifestError(
+            f"{path}:{line}: {bad[0]!r} must be a string", path=path, hint=f'write it in quotes: "{bad[0]}": "..."'
+        )
+    return _Row(line, {k: (v or "").strip() if k in KNOWN_KEYS else v for k, v in obj.items()})
 
 
 def _check_keys(path: Path, line: int, keys: list[str]) -> None:

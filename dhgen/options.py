@@ -11,9 +11,6 @@ from pathlib import Path
 from dhgen.encoders import after_failures
 from dhgen.shards import Shard, shard_path
 
-X264_PRESETS = (
-    *("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo"),
-)
 LOOP_MODES = ("pingpong", "loop")
 
 
@@ -75,6 +72,7 @@ class RunOptions:
     log_path: Path | None = None  # result log; default out_dir/results.jsonl
     resume: bool = False  # skip jobs already rendered from the same inputs
     verify: bool = False  # with resume: render again what would be skipped, and report frames_digest mismatches
+    overwrite: bool = True  # replace existing outputs; False refuses them before the run (one-job CLI default)
     jobs: int = 2  # job processes at once
     workers: int | None = None  # inference workers; None: one per visible GPU, else one CPU worker
     retries: int = 2  # extra attempts for retryable failures

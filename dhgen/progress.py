@@ -20,22 +20,20 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-if TYPE_CHECKING:
-    from dhgen.runner import RunSummary
-
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 HEARTBEAT_S = 30.0  # plain output: a line per running job this often, so a long job never looks dead in a log
 CRASH_TAIL_SHOWN = 5  # lines of a child's crash file shown with an incident (the result log has 20)
-STATUS_STYLE = {"succeeded": "green", "skipped": "cyan", "failed": "bold red"}
+STATUS_STYLE = {"succeeded": "green", "skipped": "cyan", "failed": "bold red", "interrupted": "yellow"}
+STATUS_STYLE["not started"] = "dim"
 
 
 def format_duration(seconds: float | None) -> str:
@@ -106,6 +104,9 @@ class RunView:
         self.jobs: dict[str, JobView] = {}  # running, or waiting to retry
         self.workers: dict[int, WorkerView] = {}
         self.records: list[dict] = []  # job_finished records, in order
+        self.stopped_by: str | None = None  # run_stopped: the signal's name
+        self.interrupted: list[str] = []  # run_stopped: jobs under way when the signal came
+        self.not_started: list[str] = []  # run_stopped: jobs that never started
 
     def apply(self, event: dict) -> None:
         handler = getattr(self, "_on_" + str(event.get("event")), None)
@@ -117,6 +118,12 @@ class RunView:
 
     def _on_run_finished(self, event: dict) -> None:
         self.ended = self.clock()
+
+    def _on_run_stopped(self, event: dict) -> None:
+        self.ended = self.clock()
+        self.stopped_by = str(event.get("signal", "a signal"))
+        self.interrupted = list(event.get("interrupted", []))
+        self.not_started = list(event.get("not_started", []))
 
     def _on_job_started(self, event: dict) -> None:
         now = self.clock()
@@ -238,11 +245,57 @@ def summary_rows(records: Iterable[dict]) -> list[tuple[str, str, str, str, str,
     return rows
 
 
+def stopped_rows(view: RunView) -> list[tuple[str, str, str, str, str, str | None]]:
+    """After run_stopped: a row per interrupted job (how far it got) and per job that never started."""
+    now, rows = view.clock(), []
+    for job_id in view.interrupted:
+        job = view.jobs.get(job_id)
+        if job is None:
+            rows.append((job_id, "interrupted", "-", "-", "stopped while running", None))
+            continue
+        done, total = job.frames
+        where = f"stopped at {done}/{total} frames" if total else f"stopped while {job.stage}"
+        rows.append((job_id, "interrupted", str(job.attempt), format_duration(now - job.started), where, None))
+    rows += [(job_id, "not started", "0", "-", "-", None) for job_id in view.not_started]
+    return rows
+
+
+def every_row(view: RunView) -> list[tuple[str, str, str, str, str, str | None]]:
+    """The summary's rows: finished jobs, then (after a signal) the interrupted and the never started."""
+    return summary_rows(view.records) + stopped_rows(view)
+
+
 def totals_line(view: RunView) -> str:
+    stopped = ""
+    if view.stopped_by is not None:
+        stopped = f", {len(view.interrupted)} interrupted, {len(view.not_started)} not started"
     return (
-        f"{view.count('succeeded')} succeeded, {view.count('failed')} failed, {view.count('skipped')} skipped "
-        f"in {format_duration(view.elapsed())}"
+        f"{view.count('succeeded')} succeeded, {view.count('failed')} failed, {view.count('skipped')} skipped"
+        f"{stopped} in {format_duration(view.elapsed())}"
     )
+
+
+def headline(view: RunView) -> str:
+    """ "run finished: 2 succeeded, ..." or "run stopped by SIGTERM: ..., 1 interrupted, 3 not started ..."."""
+    if view.stopped_by is not None:
+        return f"run stopped by {view.stopped_by}: {totals_line(view)}"
+    return f"run finished: {totals_line(view)}"
+
+
+def summary_lines(view: RunView) -> list[str]:
+    """The summary as aligned plain-text lines (plain progress, the tqdm bar after a stop)."""
+    rows = every_row(view)
+    if not rows:
+        return []
+    table = [("job", "status", "attempts", "time", "output / error")] + [row[:5] for row in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(4)]
+    lines = []
+    for row, full in zip(table, [None, *rows], strict=True):
+        cells = [cell.ljust(widths[i]) if i != 2 else cell.rjust(widths[i]) for i, cell in enumerate(row[:4])]
+        lines.append("  " + "  ".join(cells) + "  " + row[4])
+        if full is not None and full[5]:
+            lines.append("  " + " " * (sum(widths) + 8) + "  hint: " + full[5])
+    return lines
 
 
 # --- Rich: a live table on a terminal ---------------------------------------------------------------------------
@@ -390,10 +443,11 @@ class SummaryTable:
     """The end of a run: per job status, attempts, time, and output or error with its hint."""
 
     def render(self, view: RunView) -> Table:
-        table = Table(title=f"dhgen: {totals_line(view)}", title_justify="left", header_style="bold")
+        title = f"dhgen: {headline(view) if view.stopped_by else totals_line(view)}"
+        table = Table(title=title, title_justify="left", header_style="bold")
         for header in ("job", "status", "attempts", "time", "output / error"):
             table.add_column(header, justify="right" if header in ("attempts", "time") else "left")
-        for job, status, attempts, took, what, hint in summary_rows(view.records):
+        for job, status, attempts, took, what, hint in every_row(view):
             cell = Text(what)
             if hint:
                 cell.append(f"\nhint: {hint}", style="dim")
@@ -514,7 +568,7 @@ class PlainProgress:
         if self._heartbeat is not None:
             self._heartbeat.stop()
         if self.view.ended is None and self.view.started is not None:
-            self._write([f"run stopped before the end: {totals_line(self.view)}"] + self._summary())
+            self._write([f"run stopped before the end: {totals_line(self.view)}"] + summary_lines(self.view))
 
     def __call__(self, event: dict) -> None:
         with self._lock:
@@ -554,8 +608,8 @@ class PlainProgress:
             return self._incident_lines(event)
         if kind == "job_finished":
             return self._finished_lines(event["record"])
-        if kind == "run_finished":
-            return [f"run finished: {totals_line(self.view)}"] + self._summary()
+        if kind in ("run_finished", "run_stopped"):
+            return [headline(self.view)] + summary_lines(self.view)
         return []
 
     def _incident_lines(self, event: dict) -> list[str]:
@@ -575,20 +629,6 @@ class PlainProgress:
             f"job {job}: FAILED after {record.get('attempts')} attempt(s): {error.get('type')}: {error.get('message')}",
             f"  hint: {error.get('hint')}",
         ]
-
-    def _summary(self) -> list[str]:
-        rows = summary_rows(self.view.records)
-        if not rows:
-            return []
-        table = [("job", "status", "attempts", "time", "output / error")] + [row[:5] for row in rows]
-        widths = [max(len(r[i]) for r in table) for i in range(4)]
-        lines = []
-        for row, full in zip(table, [None, *rows], strict=True):
-            cells = [cell.ljust(widths[i]) if i != 2 else cell.rjust(widths[i]) for i, cell in enumerate(row[:4])]
-            lines.append("  " + "  ".join(cells) + "  " + row[4])
-            if full is not None and full[5]:
-                lines.append("  " + " " * (sum(widths) + 8) + "  hint: " + full[5])
-        return lines
 
     def _write(self, lines: list[str]) -> None:
         if not lines:
@@ -671,15 +711,27 @@ class EventLog:
                 self.log.error("job %s failed: %s: %s", record["job_id"], error.get("type"), error.get("message"))
             else:
                 self.log.info("job %s %s -> %s", record["job_id"], record["status"], record.get("output"))
+        elif kind == "run_stopped":
+            self.log.warning("run stopped by %s: %s", event.get("signal"), json.dumps(_without_time(event)))
+        elif kind == "run_error":
+            error = event.get("error") or {}
+            self.log.error(
+                "run refused (exit %s): %s: %s", event.get("exit_code"), error.get("type"), error.get("message")
+            )
         elif kind in ("run_started", "run_finished", "job_started", "worker_started"):
-            self.log.info("%s", json.dumps({k: v for k, v in event.items() if k != "time"}))
+            self.log.info("%s", json.dumps(_without_time(event)))
+
+
+def _without_time(event: dict) -> dict:
+    return {k: v for k, v in event.items() if k != "time"}
 
 
 # --- tqdm: the Python API's bar ---------------------------------------------------------------------------------
 
 
 class TqdmProgress:
-    """A `tqdm.auto` bar over jobs (fractional while frames flow); incidents are written above it."""
+    """A `tqdm.auto` bar over jobs (fractional while frames flow); incidents are written above it, and after a
+    signal the summary of every job below it."""
 
     def __init__(self, clock: Clock = time.time, **tqdm_kwargs) -> None:
         self.view = RunView(clock)
@@ -702,6 +754,9 @@ class TqdmProgress:
             self._bar = tqdm(total=self.view.total, **self._kwargs)
         if self._bar is None:
             return
+        if kind == "run_stopped":
+            self._show_summary()
+            return
         if kind == "incident":
             self._bar.write("dhgen: " + describe_incident(event))
         view = self.view
@@ -709,6 +764,13 @@ class TqdmProgress:
         self._bar.n = round(view.done + partial, 2)
         self._bar.set_postfix(failed=view.count("failed"), fps=f"{view.fps:.1f}", refresh=False)
         self._bar.refresh()
+
+    def _show_summary(self) -> None:
+        """After a signal: every job, finished, interrupted or not started, below the closed bar."""
+        bar, self._bar = self._bar, None
+        bar.close()
+        for line in [f"dhgen: {headline(self.view)}", *summary_lines(self.view)]:
+            bar.write(line, file=getattr(bar, "fp", None))
 
 
 # --- choosing and combining -------------------------------------------------------------------------------------
@@ -754,42 +816,3 @@ def make_progress(
     if mode == "none":
         return NullProgress()
     raise ValueError(f"unknown progress mode {mode!r}: use auto, rich, plain, json or none")
-
-
-def render(
-    jobs,
-    options=None,
-    run=None,
-    on_event: Callable[[dict], None] | None = None,
-    executor=None,
-    *,
-    progress: bool = False,
-) -> RunSummary:
-    """`dhgen.render`: `dhgen.runner.render` with an optional tqdm bar (`progress=True`); see that function.
-
-    Scripts that call it must guard their entry point (`if __name__ == "__main__":`): job processes are
-    started with `spawn`, which re-imports the main module.
-    """
-    from dhgen.runner import render as render_jobs
-
-    if not progress:
-        return render_jobs(jobs, options, run, on_event=on_event, executor=executor)
-    with Tee(TqdmProgress(), _Callback(on_event)) as display:
-        return render_jobs(jobs, options, run, on_event=display, executor=executor)
-
-
-class _Callback:
-    """A plain callable as a Tee member."""
-
-    def __init__(self, fn: Callable[[dict], None] | None) -> None:
-        self.fn = fn
-
-    def __enter__(self) -> _Callback:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        pass
-
-    def __call__(self, event: dict) -> None:
-        if self.fn is not None:
-            self.fn(event)

@@ -6,7 +6,9 @@ With `run.shard` only that shard's jobs run, under the shard's own lock and resu
 `--resume --verify` renders again what would be skipped and reports a job whose `frames_digest` differs from its
 last success's (`dhgen.verify`). Before the lock is taken, the run's encoder is resolved once
 (`dhgen.encoders.resolve_encoder`: a named encoder that does not open here refuses the run with UsageError) and
-every job is handed the resolved name.
+every job is handed the resolved name. Also before the lock, the options are checked (`dhgen.checks`) and
+outputs that must not be replaced are refused, so a usage error leaves nothing behind. A run stopped by a signal
+ends with a `run_stopped` event that names the jobs it interrupted and those it never started.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dhgen import events
+from dhgen.checks import check_options
 from dhgen.encoders import requested_codec, resolve_encoder, with_encoder
-from dhgen.errors import DigestMismatch
+from dhgen.errors import DigestMismatch, Interrupted, UsageError
 from dhgen.events import EventFn
 from dhgen.executors import Executor, make_executor
 from dhgen.locks import RunLock
@@ -86,14 +89,45 @@ def render(
     executor: Executor | None = None,
 ) -> RunSummary:
     """Render every job (of `run.shard` only, when given); returns the records (also appended to the result log).
-    Raises UsageError (an encoder that does not open here) before the lock, then RunLocked."""
+
+    Raises UsageError before anything starts (bad options, an encoder that does not open here, an output that may
+    not be replaced, a script without the `__main__` guard), RunLocked, OutputError when the output folder cannot
+    be used, Interrupted."""
+    refuse_in_spawned_child()
     options, run = options or RenderOptions(), run or RunOptions()
     jobs = select(jobs, run.shard)
+    check_options(options, run)
+    if not run.overwrite:
+        refuse_existing_outputs(jobs, options, run)
     emit = on_event or (lambda event: None)
     resolved = dataclasses.replace(options, encode=with_encoder(options.encode, resolve_encoder(options.encode)))
     executor = executor or make_executor(resolved, run)
     with RunLock(run.out_dir, run.shard):
         return _render_locked(jobs, options, run, emit, executor)
+
+
+def refuse_in_spawned_child() -> None:
+    """A child process re-running a script's top level (no `__main__` guard) never starts a run of its own."""
+    from dhgen.executors.local.children import refuse_during_bootstrap
+
+    refuse_during_bootstrap()
+
+
+def refuse_existing_outputs(jobs: list[Job], options: RenderOptions, run: RunOptions) -> None:
+    """`overwrite=False`: an existing output is an error, unless --resume would skip its job anyway."""
+    previous = _previous_records(run) if run.resume else {}
+    settings = _settings_by_job(jobs, options) if run.resume else {}
+    for job in jobs:
+        if not Path(job.output).exists():
+            continue
+        if run.resume and already_done(
+            previous.get(job.id), job.output, input_fingerprint(job, settings[job.settings])
+        ):
+            continue
+        raise UsageError(
+            f"{job.output} already exists",
+            hint="pass --overwrite to replace it (--resume keeps it when it was rendered from the same inputs)",
+        )
 
 
 def _render_locked(jobs, options, run, emit, executor) -> RunSummary:
@@ -118,10 +152,24 @@ def _render_locked(jobs, options, run, emit, executor) -> RunSummary:
             to_run.append(job)
         else:
             finish(skipped_record(previous[job.id]))
-    for record in executor.run(to_run, fingerprints, emit):
-        if record.job_id in to_verify:
-            _verify(summary, record, to_verify[record.job_id], emit)
-        finish(record)
+    started: set[str] = set()
+
+    def watch(event: dict) -> None:
+        if event.get("event") == "job_started":
+            started.add(event["job_id"])
+        emit(event)
+
+    try:
+        for record in executor.run(to_run, fingerprints, watch):
+            if record.job_id in to_verify:
+                _verify(summary, record, to_verify[record.job_id], emit)
+            finish(record)
+    except Interrupted as exc:
+        finished = {r.job_id for r in summary.records}
+        interrupted = [j.id for j in to_run if j.id in started and j.id not in finished]
+        not_started = [j.id for j in to_run if j.id not in started]
+        emit(events.run_stopped(exc.signum, _counts(summary), interrupted, not_started))
+        raise
     emit(events.run_finished(_counts(summary)))
     return summary
 

@@ -8,6 +8,7 @@ ones (exit 1, each failure typed, the good jobs unharmed) and a small demo-like 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -114,13 +115,163 @@ def test_locked_output_folder_exits_75(tmp_path):
     assert not (out / "silence.mp4").exists() and not (out / "results.jsonl").exists()
 
 
-def test_output_folder_that_cannot_be_made_exits_1(tmp_path):
-    blocker = tmp_path / "file"
-    blocker.write_text("x")
-    result = invoke("--audio", FIXTURES / "silence.wav", "--avatar", FIXTURES / "portrait.png", "-o", blocker / "a.mp4")
-    assert result.exit_code == 1
-    assert str(blocker) in result.stderr
-    assert blocker.read_text() == "x"
+# --- usage errors caught up front: exit 2, one error/hint pair, nothing started or written ---------------------------
+
+
+def refused(*args, cwd: Path, env: dict | None = None) -> str:
+    """Run the real command, expect it refused before anything starts (the callers check that no lock, log or
+    output was made: the lock comes before any child process); returns stderr, the error and hint lines."""
+    cmd = [str(DHGEN), "render", *map(str, args)]
+    full_env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "TERM")} | (env or {})
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=60, env=full_env)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["error", "  hint"], proc.stderr  # one pair, nothing else
+    assert "╭" not in proc.stderr and "\x1b" not in proc.stderr and not proc.stdout
+    return proc.stderr
+
+
+def nothing_written(*folders: Path) -> bool:
+    return not any(f.exists() and any(f.iterdir()) for f in folders)
+
+
+@pytest.fixture
+def one_job(tmp_path):
+    """Arguments of a valid one-job render into tmp_path/out/t.mp4."""
+    return [
+        "--audio",
+        FIXTURES / "silence.wav",
+        "--avatar",
+        FIXTURES / "portrait.png",
+        "-o",
+        tmp_path / "out" / "t.mp4",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("extra", "env", "words"),
+    [
+        (["--device", "cuda"], {"CUDA_VISIBLE_DEVICES": ""}, "--device cuda: this machine has no usable CUDA device"),
+        (["--device", "cuda:1"], {"CUDA_VISIBLE_DEVICES": "0"}, "--device cuda:1: only 1 CUDA device(s) are visible"),
+        (["--preset", "quick"], None, "--preset 'quick' is not a preset of libx264"),
+        (["--checkpoint", FIXTURES / "silence.wav"], None, "--model mouthwarp takes no checkpoint"),
+        (["--model", "wav2lip", "--checkpoint", "nope.pth"], None, "checkpoint nope.pth does not exist"),
+    ],
+)
+def test_options_that_cannot_work_are_refused_before_anything_starts(tmp_path, one_job, extra, env, words):
+    error = refused(*one_job, *extra, cwd=tmp_path, env=env)
+    assert words in error
+    assert nothing_written(tmp_path / "out") and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_text_file_as_checkpoint_is_refused_in_our_words(tmp_path, one_job):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "ckpt.txt").write_text("not weights")
+    error = refused(*one_job, "--model", "wav2lip", "--checkpoint", "in/ckpt.txt", cwd=tmp_path)
+    assert error.startswith("error: in/ckpt.txt is not a PyTorch checkpoint\n")
+    assert "weights_only" not in error and "torch.save" in error
+    assert nothing_written(tmp_path / "out")
+
+
+def test_out_naming_a_file_is_not_a_folder(tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"audio,avatar\n{FIXTURES / 'silence.wav'},{FIXTURES / 'portrait.png'}\n")
+    (tmp_path / "renders").write_text("a file")
+    error = refused(manifest, "--out", "renders", cwd=tmp_path)
+    assert error.startswith("error: output folder renders is a file, not a folder\n")
+    assert (tmp_path / "renders").read_text() == "a file"
+    blocker = tmp_path / "renders"
+    error = refused(
+        "--audio",
+        FIXTURES / "silence.wav",
+        "--avatar",
+        FIXTURES / "portrait.png",
+        "-o",
+        blocker / "a.mp4",
+        cwd=tmp_path,
+    )
+    assert f"{blocker} is a file, not a folder" in error and blocker.read_text() == "a file"
+
+
+def test_a_parser_error_has_the_same_shape(tmp_path, one_job):
+    error = refused(*one_job, "--no-such-option", cwd=tmp_path)
+    assert error == "error: No such option: --no-such-option\n  hint: run `dhgen render -h` for the options\n"
+    error = refused(*one_job, "--jobs", "0", cwd=tmp_path)
+    assert error.startswith("error: Invalid value for '--jobs'")
+    assert nothing_written(tmp_path / "out")
+
+
+def test_a_refused_run_ends_its_json_events_with_run_error(tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("id,audio,avatar,mood\na,a.wav,v.mp4,happy\n")
+    proc = subprocess.run(
+        [str(DHGEN), "render", str(manifest), "--out", "out", "--progress", "json", "--log-file", "logs/run.log"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    [event] = [json.loads(line) for line in proc.stdout.splitlines()]  # the only event
+    assert event["event"] == "run_error" and event["exit_code"] == 2
+    assert event["error"]["type"] == "ManifestError" and f"{manifest}:1:" in event["error"]["message"]
+    assert event["error"]["hint"] and proc.stderr.count("error: ") == 1
+    assert "ManifestError" in (tmp_path / "logs" / "run.log").read_text()  # the log file has it too
+    assert not (tmp_path / "out").exists()
+
+
+# --- help ------------------------------------------------------------------------------------------------------------
+
+
+def test_render_help_groups_options_shows_choices_examples_and_exit_codes():
+    result = CliRunner().invoke(app, ["render", "-h"], terminal_width=100)
+    text = result.output
+    assert result.exit_code == 0
+    for panel in ("One job (no manifest)", "Manifest batch", "Model", "Avatar and encoding", "Execution", "Progress"):
+        assert panel in text, panel
+    assert "<auto|cpu|cuda|cuda:N>" in text and "<pingpong|loop>" in text
+    assert "ultrafast, superfast, veryfast" in text and "DEBUG, INFO, WARNING or ERROR" in text
+    assert "rich, plain, json" in text
+    assert "<bool>" not in text and "--no-resume" not in text  # flags take no value
+    examples = text[text.index("Examples") :]
+    assert "dhgen render jobs.csv --out renders/batch1 --resume" in examples
+    assert "dhgen render --audio hello.wav --avatar face.mp4 -o hello.mp4" in examples
+    table = text[text.index("Exit codes") :]
+    for code in ("0 ", "1 ", "2 ", "75 ", "130/143 "):
+        assert f"  {code}" in table, code
+
+
+def test_short_help_and_version():
+    from dhgen import __version__
+
+    assert CliRunner().invoke(app, ["-h"]).exit_code == 0
+    doctor = CliRunner().invoke(app, ["doctor", "-h"])
+    assert doctor.exit_code == 0 and "--json" in doctor.output and "<bool>" not in doctor.output
+    version = subprocess.run([str(DHGEN), "--version"], capture_output=True, text=True, timeout=30)
+    assert (version.returncode, version.stdout) == (0, f"dhgen {__version__}\n")
+
+
+# --- one job --------------------------------------------------------------------------------------------------------
+
+
+def test_one_job_form_refuses_out_and_missing_inputs(tmp_path, one_job):
+    error = refused(*one_job, "--out", "elsewhere", cwd=tmp_path)
+    assert "--out elsewhere is for manifest runs" in error
+    error = refused("--audio", "nope.wav", "--avatar", FIXTURES / "portrait.png", "-o", "o.mp4", cwd=tmp_path)
+    assert error.startswith("error: --audio nope.wav does not exist\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_an_existing_output_is_replaced_only_with_overwrite(tmp_path, one_job):
+    target = tmp_path / "out" / "t.mp4"
+    target.parent.mkdir()
+    target.write_bytes(b"someone's video")
+    error = refused(*one_job, cwd=tmp_path)
+    assert error.startswith(f"error: {target} already exists\n") and "--overwrite" in error
+    assert target.read_bytes() == b"someone's video" and sorted(p.name for p in target.parent.iterdir()) == ["t.mp4"]
+    proc = run_dhgen(*one_job, "--overwrite", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert len(decode(target)[1]) == 50
 
 
 # --- supervised runs through the real command ----------------------------------------------------------------------
@@ -234,12 +385,18 @@ def test_demo_like_batch_exits_0(tmp_path):
 def test_one_job_form_writes_the_named_file(tmp_path):
     audio = write_clip(tmp_path / "in put" / "voix.wav", 0.6)
     target = tmp_path / "single" / "mon clip.mp4"
-    proc = run_dhgen("--audio", audio, "--avatar", FIXTURES / "portrait.png", "-o", target, cwd=tmp_path)
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    log_file = tmp_path / "logs" / "deep" / "run.log"  # its folder does not exist yet
+    args = ["--avatar", FIXTURES / "portrait.png", "-o", target, "--log-file", log_file, "--log-level", "info"]
+    proc = run_dhgen("--audio", audio, *args, cwd=cwd)
     assert proc.returncode == 0, proc.stderr
     codecs, frames = decode(target)
     assert codecs == ["h264", "aac"] and frames.shape == (15, 288, 288, 3)
     [rec] = records(target.parent / "results.jsonl").values()  # the log goes beside the output
     assert rec["status"] == "succeeded" and rec["output"] == str(target)
+    assert (target.parent / ".dhgen.lock").exists() and sorted(cwd.iterdir()) == []  # nothing in the current folder
+    assert "job mon_clip succeeded" in log_file.read_text()
 
 
 def test_an_encoder_that_does_not_open_here_exits_2_naming_it_and_what_opens(tmp_path, monkeypatch):

@@ -9,7 +9,7 @@ import cv2
 from typer.testing import CliRunner
 
 from dhgen.cli import app
-from dhgen.doctor import EXIT_NOT_READY, EXIT_READY, Probes, run_doctor
+from dhgen.doctor import EXIT_NOT_READY, EXIT_READY, OutputFolder, Probes, run_doctor
 from dhgen.encoders import EncoderInfo
 
 
@@ -49,16 +49,43 @@ def test_missing_cascade_fails_the_cli(tmp_path, monkeypatch):
     assert "verdict: NOT READY, missing: haar cascade" in result.output
 
 
-def test_cli_json_report(tmp_path):
+def test_cli_json_report_gives_numbers_as_numbers(tmp_path):
     result = CliRunner().invoke(app, ["doctor", "--json", "--out", str(tmp_path)])
     report = json.loads(result.output)
     assert result.exit_code == 0 and report["ready"] is True
-    assert {c["name"] for c in report["checks"]} >= {"torch", "libx264 encoder", "haar cascade", "cuda devices"}
+    checks = {c["name"]: c for c in report["checks"]}
+    assert set(checks) >= {"torch", "libx264 encoder", "haar cascade", "cuda devices"}
+    assert report["verdict"].startswith("ready to render")  # no "verdict: " prefix in JSON
+    folder, cpus = checks["output folder"], checks["cpus"]
+    assert isinstance(folder["free_bytes"], int) and folder["free_bytes"] > 0 and folder["exists"] is True
+    assert isinstance(cpus["count"], int) and cpus["count"] >= 1
+    assert isinstance(checks["cuda devices"]["count"], int) and isinstance(checks["face cache"]["bytes"], int)
+    assert checks["libx264 encoder"]["available"] is True
+
+
+def test_a_folder_that_does_not_exist_is_said_to_be_missing(tmp_path):
+    missing = tmp_path / "not" / "there"
+    result = CliRunner().invoke(app, ["doctor", "--out", str(missing)])
+    line = next(line for line in result.output.splitlines() if "output folder" in line)
+    assert result.exit_code == 0, result.output
+    assert f"{missing} does not exist yet (dhgen creates it in {tmp_path})" in line and "GiB free" in line
+    report = json.loads(CliRunner().invoke(app, ["doctor", "--json", "--out", str(missing)]).output)
+    assert next(c for c in report["checks"] if c["name"] == "output folder")["exists"] is False
+    assert not missing.exists() and not (tmp_path / "not").exists()  # doctor creates nothing
+
+
+def test_a_file_given_as_the_folder_fails(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = CliRunner().invoke(app, ["doctor", "--out", str(blocker / "sub")])
+    assert result.exit_code == EXIT_NOT_READY
+    assert f"{blocker / 'sub'}: {blocker} is a file, not a folder" in result.output
+    assert result.output.splitlines()[-1] == "verdict: NOT READY, missing: output folder"
 
 
 def test_warnings_do_not_fail_but_missing_torch_and_an_unwritable_folder_do(tmp_path):
     base = Probes(torch=lambda: {"version": "2.5.0", "cuda": "12.4", "devices": []})
-    report = run_doctor(tmp_path, dataclasses.replace(base, output=lambda folder: (1024**3, True)))
+    report = run_doctor(tmp_path, dataclasses.replace(base, output=lambda folder: OutputFolder(1024**3, True, folder)))
     assert report.exit_code == EXIT_READY
     assert status_of(report, "cuda devices") == "warn" and status_of(report, "output folder") == "warn"
     assert "check `nvidia-smi`" in "\n".join(report.lines())  # a CUDA build that sees no GPU
@@ -67,7 +94,8 @@ def test_warnings_do_not_fail_but_missing_torch_and_an_unwritable_folder_do(tmp_
     def no_torch():
         raise ImportError("No module named 'torch'")
 
-    report = run_doctor(tmp_path, dataclasses.replace(base, torch=no_torch, output=lambda folder: (10**12, False)))
+    unwritable = dataclasses.replace(base, torch=no_torch, output=lambda folder: OutputFolder(10**12, False, folder))
+    report = run_doctor(tmp_path, unwritable)
     assert report.exit_code == EXIT_NOT_READY
     assert report.verdict() == "verdict: NOT READY, missing: torch, output folder"
 

@@ -7,14 +7,16 @@ import io
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from rich.console import Console
 
 import dhgen
-from dhgen.progress import JsonProgress, PlainProgress, RichProgress, RunView
+from dhgen.progress import JsonProgress, PlainProgress, RichProgress, RunView, TqdmProgress
 from dhgen.results import JobRecord, utc_now
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
@@ -181,6 +183,116 @@ def test_plain_lines_for_retry_failure_and_stopped_run():
     assert "\x1b" not in text and "\r" not in text
 
 
+# --- a run stopped by a signal: every job in the summary ---------------------------------------------------------
+
+STOPPED = {
+    "event": "run_stopped",
+    "signal": "SIGTERM",
+    "succeeded": 1,
+    "failed": 0,
+    "skipped": 0,
+    "interrupted": ["welcome", "news"],
+    "not_started": ["intro"],
+}
+
+
+def stopped_run(display, clock: FakeClock) -> None:
+    display({"event": "run_started", "jobs": 4})
+    display({"event": "job_started", "job_id": "done", "attempt": 1, "pid": 100})
+    clock.advance(5.0)
+    display({"event": "job_finished", "record": record("done", elapsed_s=5.0)})
+    for event in run_events()[1:]:  # welcome rendering 100/250, news waiting to retry
+        display(event)
+    clock.advance(3.0)
+    display(STOPPED)
+
+
+def test_plain_summary_of_a_stopped_run_lists_every_job():
+    out, clock = io.StringIO(), FakeClock()
+    with PlainProgress(out, clock, heartbeat_thread=False) as display:
+        stopped_run(display, clock)
+    text = out.getvalue()
+    assert "run stopped by SIGTERM: 1 succeeded, 0 failed, 0 skipped, 2 interrupted, 1 not started in 8.0s" in text
+    summary = text[text.index("run stopped by SIGTERM") :]
+    assert re.search(r"done\s+succeeded\s+1\s+5.0s\s+renders/done.mp4", summary)
+    assert re.search(r"welcome\s+interrupted\s+1\s+\S+\s+stopped at 100/250 frames", summary)
+    assert re.search(r"news\s+interrupted\s+1\s+\S+\s+stopped while waiting to retry", summary)
+    assert re.search(r"intro\s+not started\s+0\s+-\s+-", summary)
+    assert "run stopped before the end" not in text  # said once, by the run_stopped event
+
+
+def test_rich_summary_of_a_stopped_run_lists_every_job():
+    console = Console(file=io.StringIO(), force_terminal=True, width=120)
+    clock = FakeClock()
+    with RichProgress(console, clock, auto_refresh=False) as display:
+        stopped_run(display, clock)
+    shown = plain_text(console)
+    summary = shown[shown.rindex("dhgen: run stopped by SIGTERM: 1 succeeded") :]
+    assert "2 interrupted, 1 not started in 8.0s" in " ".join(summary.split())  # the title may wrap
+    for job, status in (("done", "succeeded"), ("welcome", "interrupted"), ("news", "interrupted")):
+        assert re.search(rf"{job}\s*│\s*{status}", summary), job
+    assert re.search(r"intro\s*│\s*not started", summary) and "stopped at 100/250 frames" in summary
+
+
+def test_tqdm_bar_of_a_stopped_run_is_followed_by_every_job():
+    out, clock = io.StringIO(), FakeClock()
+    with TqdmProgress(clock, file=out) as display:
+        stopped_run(display, clock)
+    text = out.getvalue()
+    summary = text[text.index("dhgen: run stopped by SIGTERM") :]
+    assert "2 interrupted, 1 not started" in summary.splitlines()[0]
+    assert [line.split()[:2] for line in summary.splitlines()[2:6]] == [
+        ["done", "succeeded"],
+        ["welcome", "interrupted"],
+        ["news", "interrupted"],
+        ["intro", "not"],
+    ]
+
+
+def start_batch(tmp_path: Path, n: int, *args: str) -> tuple[subprocess.Popen, Path]:
+    """A real batch of n jobs, one at a time, in the background."""
+    rows = "".join(f"j{i},{FIXTURES / 'speech.wav'},{FIXTURES / 'avatar.mp4'}\n" for i in range(n))
+    (tmp_path / "jobs.csv").write_text("id,audio,avatar\n" + rows)
+    out = tmp_path / "out"
+    cmd = [*DHGEN, "render", str(tmp_path / "jobs.csv"), "--out", str(out), "--jobs", "1", *args]
+    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "TERM")}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    return proc, out
+
+
+def stop_after_first_job(proc: subprocess.Popen, out: Path, signum: int) -> tuple[str, str]:
+    deadline = time.monotonic() + 90
+    while not (out / "results.jsonl").exists() or not (out / "results.jsonl").read_text().strip():
+        assert time.monotonic() < deadline and proc.poll() is None, "the first job never finished"
+        time.sleep(0.05)
+    time.sleep(0.5)  # the second job is under way
+    proc.send_signal(signum)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signum, stderr
+    return stdout, stderr
+
+
+def test_sigterm_ends_the_json_events_with_run_stopped(tmp_path):
+    proc, out = start_batch(tmp_path, 3, "--progress", "json")
+    stdout, _ = stop_after_first_job(proc, out, signal.SIGTERM)
+    events = [json.loads(line) for line in stdout.splitlines()]
+    assert [schema_problems(e) for e in events] == [[] for _ in events]
+    last = events[-1]
+    assert last["event"] == "run_stopped" and last["signal"] == "SIGTERM"
+    assert (last["succeeded"], last["interrupted"], last["not_started"]) == (1, ["j1"], ["j2"])
+    assert "run_finished" not in [e["event"] for e in events]
+
+
+def test_sigint_summary_in_plain_lines_lists_every_job(tmp_path):
+    proc, out = start_batch(tmp_path, 3, "--progress", "plain")
+    _, stderr = stop_after_first_job(proc, out, signal.SIGINT)
+    summary = stderr[stderr.index("run stopped by SIGINT: 1 succeeded, 0 failed, 0 skipped, 1 interrupted, 1 not") :]
+    assert re.search(r"j0\s+succeeded\s+1\s+\S+\s+\S*j0.mp4", summary)
+    assert re.search(r"j1\s+interrupted\s+1\s+\S+\s+stopped (at \d+/111 frames|while \w+)", summary)
+    assert re.search(r"j2\s+not started\s+0\s+-\s+-", summary)
+    assert summary.strip().endswith("stopped by SIGINT: finished jobs are in the result log; --resume renders the rest")
+
+
 def run_cli(tmp_path: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     cmd = [*DHGEN, "render", "--audio", str(FIXTURES / "speech.wav"), "--avatar", str(FIXTURES / "avatar.mp4")]
     cmd += ["-o", str(tmp_path / "out" / "talk.mp4"), "--jobs", "1", *args]
@@ -221,10 +333,13 @@ SCHEMA = {
     "incident": {"error": dict},
     "job_finished": {"record": dict},
     "run_finished": {"succeeded": int, "failed": int, "skipped": int},
+    "run_stopped": {"signal": str, "succeeded": int, "failed": int, "skipped": int, "interrupted": list},
+    "run_error": {"error": dict, "exit_code": int},
 }
 OPTIONAL = {
     "job_progress": {"decoded": int, "inferred": int, "encoded": int},
     "incident": {"job_id": str, "job_ids": list, "action": str, "worker": int, "batch_size": int},
+    "run_stopped": {"not_started": list},
 }
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -240,7 +355,7 @@ def schema_problems(event: dict) -> list[str]:
     for name, kind_type in OPTIONAL.get(kind, {}).items():
         if name in event and not isinstance(event[name], kind_type):
             problems.append(f"{kind}.{name} = {event[name]!r}")
-    if kind == "incident":
+    if kind in ("incident", "run_error"):
         error = event["error"]
         problems += [f"incident.error.{k} missing" for k in ("type", "message", "retryable", "hint") if k not in error]
     if kind == "job_finished":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 from datetime import datetime
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from conftest import FIXTURES, write_clip
 from test_results import DESIGN_FIELDS
 
 from dhgen.encoders import probe
-from dhgen.errors import OutputError, RunLocked, UsageError
+from dhgen.errors import Interrupted, OutputError, RunLocked, UsageError
 from dhgen.executors.inprocess import InProcessExecutor
 from dhgen.manifest import Job, read_manifest
 from dhgen.options import EncodeOptions, FaceOptions, JobSettings, ModelOptions, RenderOptions, RunOptions, job_options
@@ -112,15 +113,18 @@ def test_device_and_batch_size_do_not_change_the_fingerprint(options):
     assert render_settings(dataclasses.replace(options, encode=EncodeOptions(crf=30))) != render_settings(options)
 
 
-def test_unwritable_output_folder_is_an_output_error(tmp_path, options):
+def test_output_folder_under_a_file_is_refused_before_the_lock(tmp_path, options):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     out = blocker / "renders"  # tests run as root: a path under a regular file is what cannot be created
     audio = write_clip(tmp_path / "a.wav", 0.4)
-    with pytest.raises(OutputError) as info:
+    with pytest.raises(UsageError) as info:
         run_jobs([Job("a", audio, FIXTURES / "portrait.png", out / "a.mp4")], options, out)
-    assert str(blocker) in info.value.message and info.value.hint
+    assert f"{blocker} is a file, not a folder" in info.value.message and info.value.hint
     assert not out.exists() and blocker.read_text() == "not a folder"
+    with pytest.raises(OutputError) as info, RunLock(out):  # the lock itself still says what went wrong
+        pass
+    assert str(blocker) in info.value.message
 
 
 def test_job_writing_into_an_uncreatable_subfolder_fails_alone(tmp_path, options):
@@ -176,6 +180,47 @@ def test_new_weights_under_the_same_checkpoint_name_change_the_fingerprint(tmp_p
     before = render_settings(options)
     checkpoint.write_bytes(b"new weights")
     assert render_settings(options) != before
+
+
+class StoppedExecutor:
+    """Finishes the first job, starts the second, then a signal arrives (as the supervisor raises it)."""
+
+    def run(self, jobs, fingerprints, emit):
+        from dhgen.results import JobRecord
+
+        emit({"event": "job_started", "job_id": jobs[0].id, "attempt": 1})
+        yield JobRecord(jobs[0].id, "succeeded", str(jobs[0].audio), str(jobs[0].avatar), str(jobs[0].output))
+        emit({"event": "job_started", "job_id": jobs[1].id, "attempt": 1})
+        raise Interrupted(signal.SIGTERM)
+
+
+def test_a_stopped_run_names_its_interrupted_and_unstarted_jobs(tmp_path, options):
+    out = tmp_path / "out"
+    jobs = [Job(n, FIXTURES / "silence.wav", FIXTURES / "portrait.png", out / f"{n}.mp4") for n in ("a", "b", "c")]
+    seen: list[dict] = []
+    with pytest.raises(Interrupted):
+        render(jobs, options, RunOptions(out_dir=out), on_event=seen.append, executor=StoppedExecutor())
+    last = seen[-1]
+    assert last["event"] == "run_stopped" and last["signal"] == "SIGTERM"
+    assert (last["succeeded"], last["failed"], last["interrupted"], last["not_started"]) == (1, 0, ["b"], ["c"])
+    assert [r["job_id"] for r in log_lines(out)] == ["a"]  # finished jobs only are recorded
+
+
+def test_overwrite_false_refuses_an_existing_output_unless_resume_skips_it(tmp_path, options):
+    audio = write_clip(tmp_path / "a.wav", 0.4)
+    out = tmp_path / "out"
+    job = Job("a", audio, FIXTURES / "portrait.png", out / "a.mp4")
+    assert run_jobs([job], options, out, overwrite=False).exit_code == 0  # nothing there yet
+    before = (out / "a.mp4").read_bytes()
+    with pytest.raises(UsageError, match="a.mp4 already exists") as info:
+        run_jobs([job], options, out, overwrite=False)
+    assert "--overwrite" in info.value.hint and len(log_lines(out)) == 1  # no record for the refused run
+    summary = run_jobs([job], options, out, overwrite=False, resume=True)  # same inputs: skipped, kept
+    assert [r.status for r in summary.records] == ["skipped"] and (out / "a.mp4").read_bytes() == before
+    changed = dataclasses.replace(options, encode=EncodeOptions(crf=30))
+    with pytest.raises(UsageError, match="already exists"):  # --resume would render it again: refused
+        run_jobs([job], changed, out, overwrite=False, resume=True)
+    assert (out / "a.mp4").read_bytes() == before
 
 
 # --- encoders and digests --------------------------------------------------------------------------------------

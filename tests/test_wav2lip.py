@@ -247,3 +247,13 @@ def test_fp16_on_cuda_is_close_to_fp32(generator, inputs, expected, checkpoints)
     for path in (checkpoints["training"], checkpoints["trace"]):
         result = build_predictor(_options(path), "cuda").predict(inputs)
         assert np.abs(result.patches.astype(int) - expected[1].patches).max() <= 3
+
+
+def test_a_pickled_model_fails_in_our_words_not_torchs(tmp_path):
+    path = tmp_path / "whole_model.pth"
+    torch.save(torch.nn.Conv2d(6, 3, 1), path)  # a module object, which only weights_only=False would load
+    with pytest.raises(ModelLoadError) as info:
+        load_generator(path, "cpu")
+    words = info.value.message + info.value.hint
+    assert str(path) in info.value.message and "pickled Python objects" in info.value.message
+    assert "weights_only" not in words and "state_dict()" in info.value.hint

@@ -18,6 +18,7 @@ generator. Anything else is a `ModelLoadError` naming the file and the keys that
 from __future__ import annotations
 
 import logging
+import pickle
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -211,7 +212,14 @@ def _matching_state_dict(path: Path, model: nn.Module) -> dict[str, torch.Tensor
 def _read_state_dict(path: Path) -> Mapping[str, object]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - truncated zips, random bytes, pickles with code: all unreadable
+    except pickle.UnpicklingError as exc:  # never torch's words here: they suggest weights_only=False
+        raise ModelLoadError(
+            "checkpoint is not a PyTorch file of weights, or it holds pickled Python objects that dhgen does not "
+            "load (unpickling them could run code from the file)",
+            path=path,
+            hint="re-save the weights alone: torch.save({'state_dict': model.state_dict()}, 'wav2lip.pth')",
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - truncated zips, random bytes: unreadable
         raise ModelLoadError(f"cannot read checkpoint: {_first_line(exc)}", path=path) from exc
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]

@@ -33,10 +33,25 @@ from multiprocessing.connection import wait
 from pathlib import Path
 
 from dhgen import events
-from dhgen.errors import Interrupted, JobProcessCrashed, JobTimeout, OutOfMemory, Stalled, WorkerCrashed
+from dhgen.errors import (
+    Interrupted,
+    JobProcessCrashed,
+    JobTimeout,
+    OutOfMemory,
+    Stalled,
+    UsageError,
+    WorkerCrashed,
+)
 from dhgen.events import EventFn
 from dhgen.executors.local.channel import EOF_MESSAGE, Channel, Inbox
-from dhgen.executors.local.children import crash_tail, describe_exit
+from dhgen.executors.local.children import (
+    CHILD_NAME_PREFIX,
+    NO_MAIN_GUARD,
+    NO_MAIN_GUARD_HINT,
+    crash_tail,
+    describe_exit,
+    died_rerunning_main,
+)
 from dhgen.executors.local.jobproc import job_main
 from dhgen.executors.local.workerproc import worker_main
 from dhgen.manifest import Job
@@ -213,8 +228,9 @@ class Supervisor:
         key = (kind, index, self._spawned)
         crash_path = self._tmp / f"{kind}{index}-{self._spawned}.crash"
         parent_end, child_end = self._ctx.Pipe(duplex=True)
+        name = CHILD_NAME_PREFIX + "-".join(map(str, key))
         proc = self._ctx.Process(
-            target=target, args=(child_end, *args, os.getpid(), crash_path, threads), name=str(key), daemon=True
+            target=target, args=(child_end, *args, os.getpid(), crash_path, threads), name=name, daemon=True
         )
         proc.start()
         child_end.close()
@@ -386,9 +402,11 @@ class Supervisor:
     def _reap_dead(self) -> None:
         for worker in list(self._workers.values()):
             if worker.proc.exitcode is not None:
+                _refuse_rerun_main(worker)
                 self._worker_died(worker)
         for process in list(self._job_procs.values()):
             if process.proc.exitcode is not None:
+                _refuse_rerun_main(process)
                 self._job_process_died(process)
 
     def _worker_died(self, worker: _Worker) -> None:
@@ -568,6 +586,13 @@ class Supervisor:
         for proc in self._children():
             if proc.exitcode is None:
                 _signal_quietly(proc, signal.SIGKILL)
+
+
+def _refuse_rerun_main(child) -> None:
+    """A child that died re-running the caller's script (no `__main__` guard): every child would, so the run
+    ends here, once, saying why (not as crashes retried job by job)."""
+    if died_rerunning_main(child.proc.exitcode, child.crash_path):
+        raise UsageError(NO_MAIN_GUARD, hint=NO_MAIN_GUARD_HINT)
 
 
 def _stalled_stage(counters: dict) -> str:
