@@ -39,6 +39,11 @@ class Loop(str, Enum):
     loop = "loop"
 
 
+class ExecutorName(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
 @app.callback()
 def _app() -> None:
     """dhgen: batch renderer for lip-synced talking-head videos."""
@@ -104,6 +109,24 @@ def render(
     job_timeout: Annotated[
         float | None, typer.Option(min=1, help="seconds one job attempt may take", rich_help_panel=EXECUTION)
     ] = None,
+    executor: Annotated[
+        ExecutorName,
+        typer.Option(help="local: this machine's processes; ray: a Ray cluster", rich_help_panel=EXECUTION),
+    ] = ExecutorName.local,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: RAY_ADDRESS, else a private local Ray)",
+            rich_help_panel=EXECUTION,
+        ),
+    ] = None,
+    ray_shared_fs: Annotated[
+        bool,
+        typer.Option(
+            help="every Ray node sees the input and output paths (no copies through the object store)",
+            rich_help_panel=EXECUTION,
+        ),
+    ] = False,
     progress: Annotated[Progress, typer.Option(help="progress display", rich_help_panel=REPORTING)] = Progress.auto,
     log_level: Annotated[
         str, typer.Option(help="DEBUG, INFO, WARNING or ERROR", rich_help_panel=REPORTING)
@@ -140,6 +163,7 @@ def render(
             retries=retries,
             stall_timeout=stall_timeout,
             job_timeout=job_timeout,
+            **_executor_options(executor, ray_address, ray_shared_fs),
         )
     except UsageError as exc:
         _fail(exc, EXIT_USAGE)
@@ -168,6 +192,8 @@ def _run(job_list: list[Job], options: RenderOptions, run: RunOptions, handlers)
         raise typer.Exit(128 + exc.signum) from None
     except OutputError as exc:
         _fail(exc, EXIT_FAILED)
+    except UsageError as exc:  # e.g. --executor ray without Ray, or a cluster that cannot be reached
+        _fail(exc, EXIT_USAGE)
     return summary.exit_code
 
 
@@ -175,13 +201,17 @@ def _run(job_list: list[Job], options: RenderOptions, run: RunOptions, handlers)
 def doctor(
     out: Annotated[Path, typer.Option(help="output folder whose free space is checked")] = Path("renders"),
     as_json: Annotated[bool, typer.Option("--json", help="print the report as one JSON object")] = False,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="also check a Ray cluster: its nodes, CPUs, GPUs, and whether each imports this dhgen"),
+    ] = None,
 ) -> None:
-    """Report what this machine has that dhgen needs; exit 1 when something required is missing."""
+    """Report what this machine (and a Ray cluster) has that dhgen needs; exit 1 when something required is missing."""
     import json
 
     from dhgen.doctor import run_doctor
 
-    report = run_doctor(out)
+    report = run_doctor(out, ray_address=ray_address)
     typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else "\n".join(report.lines()))
     raise typer.Exit(report.exit_code)
 
@@ -196,6 +226,12 @@ def _jobs(manifest, audio, avatar, output, out) -> tuple[list[Job], Path]:
     if output.suffix.lower() != ".mp4":
         raise UsageError(f"output {output} must end in .mp4", hint="name the output file like out.mp4")
     return [single_job(audio, avatar, output)], output.parent
+
+
+def _executor_options(executor: ExecutorName, ray_address: str | None, ray_shared_fs: bool) -> dict:
+    if executor != ExecutorName.ray and (ray_address is not None or ray_shared_fs):
+        raise UsageError("--ray-address and --ray-shared-fs need --executor ray")
+    return {"executor": executor.value, "ray_address": ray_address, "ray_shared_fs": ray_shared_fs}
 
 
 def _model_options(model, checkpoint, device, batch_size, pads) -> ModelOptions:

@@ -61,13 +61,16 @@ class RunOptions:
     out_dir: Path = Path("renders")  # outputs land here unless a job names its own path
     log_path: Path | None = None  # result log; default out_dir/results.jsonl
     resume: bool = False  # skip jobs already rendered from the same inputs
-    jobs: int = 2  # job processes at once
+    jobs: int = 2  # jobs at once (on Ray: per node)
     workers: int | None = None  # inference workers; None: one per visible GPU, else one CPU worker
     retries: int = 2  # extra attempts for retryable failures
     stall_timeout: float = 60.0  # seconds without progress, while work is pending, before a stage is Stalled
     startup_timeout: float = 300.0  # allowance for model loading and first CUDA use
     job_timeout: float | None = None  # seconds one attempt of a job may take (None: no limit)
     backoff_s: float = 1.0  # first retry delay; doubles each attempt, with jitter
+    executor: str = "local"  # "local" (this machine's processes) or "ray" (a Ray cluster)
+    ray_address: str | None = None  # what ray.init(address=...) takes; None: RAY_ADDRESS, else a private local Ray
+    ray_shared_fs: bool = False  # every Ray node sees the same paths: nodes read inputs and write outputs directly
 
     @property
     def results_path(self) -> Path:
