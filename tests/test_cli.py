@@ -59,6 +59,8 @@ def decode(path: Path) -> tuple[list[str], np.ndarray]:
         ["--audio", "a.wav", "--avatar", "v.mp4", "-o", "o.mp4", "--model", "wav2lip"],  # needs --checkpoint
         ["--audio", "a.wav", "--avatar", "v.mp4", "-o", "o.mp4", "--jobs", "0"],
         ["--audio", "a.wav", "--avatar", "v.mp4", "-o", "o.mp4", "--no-such-option"],
+        ["--audio", "a.wav", "--avatar", "v.mp4", "-o", "o.mp4", "--ray-address", "auto"],  # needs --executor ray
+        ["--audio", "a.wav", "--avatar", "v.mp4", "-o", "o.mp4", "--executor", "slurm"],
         ["does-not-exist.csv"],
     ],
 )
@@ -235,3 +237,17 @@ def test_one_job_form_writes_the_named_file(tmp_path):
     assert codecs == ["h264", "aac"] and frames.shape == (15, 288, 288, 3)
     [rec] = records(target.parent / "results.jsonl").values()  # the log goes beside the output
     assert rec["status"] == "succeeded" and rec["output"] == str(target)
+
+
+def test_a_ray_cluster_that_cannot_be_reached_exits_2_at_once(tmp_path):
+    audio, avatar = FIXTURES / "speech.m4a", FIXTURES / "avatar.mp4"
+    cmd = [str(DHGEN), "render", "--audio", audio, "--avatar", avatar, "-o", tmp_path / "o.mp4"]
+    result = subprocess.run(
+        [*map(str, cmd), "--executor", "ray", "--ray-address", "127.0.0.1:1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "cannot reach the Ray cluster at 127.0.0.1:1" in result.stderr and "hint: " in result.stderr
+    assert not (tmp_path / "o.mp4").exists()

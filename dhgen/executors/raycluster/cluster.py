@@ -83,8 +83,9 @@ def _use_loopback() -> None:
 
 
 class Connection:
-    """The driver's connection to Ray, as a context manager: joins `address` (or starts the private instance) unless
-    this process is connected already, and disconnects at the end only if it connected."""
+    """The driver's connection to Ray, as a context manager: joins `address` (or starts the private instance) and
+    disconnects at the end. A process already connected (the Python API after its own `ray.init`) keeps its
+    connection, if `address` is None, `auto` or that cluster's."""
 
     def __init__(self, address: str | None) -> None:
         self.address = resolve_address(address)
@@ -95,6 +96,7 @@ class Connection:
     def __enter__(self) -> Connection:
         self.ray = ray = import_ray(self.address)
         if ray.is_initialized():
+            self._check_same_cluster(ray)
             return self
         _check_reachable(self.address)
         try:
@@ -110,6 +112,15 @@ class Connection:
             ) from exc
         self._connected_here = True
         return self
+
+    def _check_same_cluster(self, ray) -> None:
+        current = ray.get_runtime_context().gcs_address
+        if self.address not in (None, "auto", current):
+            raise UsageError(
+                f"this process is connected to the Ray cluster at {current}, not {self.address}",
+                hint="call ray.shutdown() first, or leave out the address to use the connected cluster",
+            )
+        self.address = current
 
     def __exit__(self, *exc_info) -> None:
         if self._connected_here:

@@ -97,6 +97,7 @@ class RayExecutor:
             job.id: _Slot(job, new_record(job, fingerprints[job.id]), job_options(self.options, job)) for job in jobs
         }
         self._by_stream: dict[int, _Slot] = {}
+        self._unclean: set[str] = set()  # nodes where an attempt ended without cleaning up after itself
         self._done: deque[JobRecord] = deque()
         self._inputs = None if self.run_options.ray_shared_fs else Inputs(ray, jobs)
         self._task = ray.remote(run_job)
@@ -203,6 +204,7 @@ class RayExecutor:
         """The task ended without its last item: Ray says why (`exc`), or the driver cancelled it."""
         attempt = slot.running
         node = attempt.actor.node
+        self._unclean.add(node.node_id)
         if attempt.ended_as is not None:
             record = attempt.ended_as
         elif exc is None:
@@ -358,6 +360,7 @@ class RayExecutor:
         running = [s for s in self._slots.values() if s.running]
         for slot in running:
             self._cancel_quietly(slot.running.stream)
+            self._unclean.add(slot.running.actor.node.node_id)
         self._pool.shutdown()
         deadline = time.monotonic() + STOP_GRACE_S
         self._drain([s.running.stream for s in running], deadline)
@@ -384,6 +387,7 @@ class RayExecutor:
                     open_streams.remove(stream)
 
     def _clean_nodes(self, deadline: float) -> None:
+        """Remove the run's temp folder on each node where an attempt was killed (the others cleaned up)."""
         cleaner = self.ray.remote(remove_work_folder)
         refs = [
             cleaner.options(
@@ -392,7 +396,7 @@ class RayExecutor:
                 scheduling_strategy=NodeAffinitySchedulingStrategy(n.info.node_id, soft=False),
             ).remote(self._run_id)
             for n in self._pool.nodes.values()
-            if not n.lost
+            if n.info.node_id in self._unclean and not n.lost
         ]
         if refs:
             self.ray.wait(refs, num_returns=len(refs), timeout=max(0.1, deadline - time.monotonic()))

@@ -15,6 +15,7 @@ back (`ActorInference`); full frames never leave this process. The job never imp
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import queue
@@ -69,6 +70,8 @@ def run_job(spec: TaskSpec, audio: bytes | None, avatar: bytes | None, actor) ->
     finally:
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
+            with contextlib.suppress(OSError):  # the run's folder, when no other job of the run is on this node
+                workdir.parent.rmdir()
 
 
 def work_folder(run_id: str) -> Path:
@@ -180,7 +183,7 @@ def _render(job: Job, options: RenderOptions, inference: ActorInference, message
 
     try:
         outcome = render_job(job, options, inference, progress=lambda c, v: messages.put(("progress", c, v)))
-    except Exception as exc:  # noqa: BLE001 - every failure is reported, typed, to the driver
+    except BaseException as exc:  # noqa: BLE001 - every failure is reported, typed; the relay waits for it
         messages.put(("failed", failure_record(exc)))
         return
     messages.put(("done", outcome))
@@ -237,8 +240,9 @@ def _localise(job: Job, workdir: Path, audio: bytes, avatar: bytes) -> _Local:
         workdir / "out" / job.output.name,
     )
     try:
+        _make_folder(workdir)
         for path, data in ((local.audio, audio), (local.avatar, avatar)):
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(exist_ok=True)
             path.write_bytes(data)
     except OSError as exc:
         raise output_error(exc, workdir, "write the job's inputs into the node's temp folder") from exc
@@ -248,6 +252,18 @@ def _localise(job: Job, workdir: Path, audio: bytes, avatar: bytes) -> _Local:
         str(local.output): str(job.output),
     }
     return _Local(local, originals)
+
+
+def _make_folder(workdir: Path) -> None:
+    """Create `workdir`; the run's folder above it may vanish in between (a job that ended removes it when
+    empty), so try again then."""
+    for _ in range(3):
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+            return
+        except FileNotFoundError:
+            continue
+    workdir.mkdir(parents=True, exist_ok=True)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 NODE_CHECK_S = 1.0  # how often the cluster's node table is read
 SILENT_AFTER_S = 4 * REPORT_EVERY_S  # an actor that has not reported for this long may be holding work
-REWATCH_PAUSE_S = 0.5  # between watch() calls to an actor whose restart is under way
+REWATCH_PAUSE_S = 0.2  # between watch() calls to an actor whose restart is under way
 MAX_FRUITLESS_RESTARTS = 3  # deaths of an actor in a row before it served a batch, before it is given up
 FORWARDED_ENV = ("DHGEN_TEST_FAULT",)  # the driver's test hook reaches the actors (their own processes)
 
