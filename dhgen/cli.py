@@ -96,7 +96,9 @@ def render(
     ] = Loop.pingpong,
     preset: Annotated[str, typer.Option(help="libx264 preset", rich_help_panel=ENCODING)] = "veryfast",
     crf: Annotated[int, typer.Option(min=0, max=51, help="libx264 CRF", rich_help_panel=ENCODING)] = 20,
-    jobs: Annotated[int, typer.Option(min=1, help="jobs rendered at once", rich_help_panel=EXECUTION)] = 2,
+    jobs: Annotated[
+        int, typer.Option(min=1, help="jobs rendered at once (--executor ray: per node)", rich_help_panel=EXECUTION)
+    ] = 2,
     workers: Annotated[
         int | None, typer.Option(min=1, help="inference workers (default: one per GPU)", rich_help_panel=EXECUTION)
     ] = None,

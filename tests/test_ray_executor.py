@@ -6,6 +6,7 @@ from __future__ import annotations
 import faulthandler
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytest
 from conftest import FIXTURES, RAY_NODE, EventWatcher, frame_digests, write_clip
 
 from dhgen.manifest import Job
-from dhgen.options import EncodeOptions, RenderOptions, RunOptions
+from dhgen.options import EncodeOptions, ModelOptions, RenderOptions, RunOptions
 from dhgen.runner import render
 
 AUDIO = FIXTURES / "speech.wav"  # 4.4 s: long enough to hit a job mid-render
@@ -240,6 +241,26 @@ def test_a_stopped_remote_job_is_stalled_cancelled_and_retried(ray_cluster, tmp_
     assert not _alive(stopped["pid"])  # the forced cancel ended the stopped process
 
 
+def test_a_stopped_actor_is_stalled_killed_and_restarted_and_its_jobs_go_on(ray_cluster, tmp_path, local_digests):
+    watcher = EventWatcher()
+    stopped = {}
+
+    def stop_actor():
+        stopped["pid"] = pid = watcher.wait_for(lambda e: e["event"] == "worker_started")["pid"]
+        os.kill(pid, signal.SIGSTOP)  # its jobs' batches wait on it; it reports nothing any more
+
+    watcher.act(stop_actor)
+    summary = _ray_run(ray_cluster, tmp_path, _jobs(tmp_path, 2), watcher, stall_timeout=2.0)
+
+    assert [(r.status, r.attempts) for r in summary.records] == [("succeeded", 1), ("succeeded", 1)]
+    (stall,) = [e for e in watcher.events if e["event"] == "incident" and "worker" in e]
+    assert stall["error"]["type"] == "Stalled" and "made no progress for 2s" in stall["error"]["message"]
+    assert stall["error"]["pid"] == stopped["pid"] and not _alive(stopped["pid"])
+    assert any(e["type"] == "WorkerCrashed" and e["replayed"] >= 1 for r in summary.records for e in r.errors)
+    for r in summary.records:
+        assert frame_digests(Path(r.output)) == local_digests["short"]
+
+
 def test_bad_inputs_fail_their_own_jobs_with_their_usual_types(ray_cluster, tmp_path):
     jobs = [
         Job("garbage", FIXTURES / "garbage.wav", AVATAR, tmp_path / "garbage.mp4"),
@@ -294,6 +315,20 @@ def test_an_actor_whose_cuda_context_breaks_ends_itself_and_is_replaced(
     )
     for r in summary.records:
         assert frame_digests(Path(r.output)) == local_digests["short"]
+
+
+def test_a_model_that_cannot_be_loaded_fails_every_job_with_model_load_error(ray_cluster, tmp_path):
+    checkpoint = tmp_path / "broken.pth"
+    checkpoint.write_bytes(b"not a checkpoint")
+    options = RenderOptions(model=ModelOptions(name="wav2lip", checkpoint=checkpoint))
+    run = RunOptions(out_dir=tmp_path, executor="ray", ray_address=ray_cluster.address, jobs=1, job_timeout=90)
+    summary = render(_jobs(tmp_path, 3), options, run)
+
+    assert [(r.status, r.error["type"]) for r in summary.records] == [("failed", "ModelLoadError")] * 3
+    assert all(str(checkpoint) in r.error["message"] and r.error["hint"] for r in summary.records)
+    assert all(r.attempts <= 1 for r in summary.records)  # not retried: the same weights fail everywhere
+    assert not list(tmp_path.glob("*.mp4"))
+    _wait_until(lambda: not _live_actors(), 10, "the run's actors to go")
 
 
 def _write_manifest(tmp_path: Path, n: int) -> Path:
@@ -352,3 +387,38 @@ def test_the_driver_and_the_job_tasks_do_not_import_torch():
     code = f"import sys, {modules}; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert result.stdout.strip() == "False"
+
+
+def _listening(names: tuple[str, ...]) -> dict[int, set[str]]:
+    """pid -> local addresses it listens on, for processes with one of `names` (from `ss`)."""
+    out = subprocess.run(["ss", "-Htlnp"], capture_output=True, text=True, timeout=10).stdout
+    found: dict[int, set[str]] = {}
+    for line in out.splitlines():
+        for name, pid in re.findall(r'\(\("([^"]+)",pid=(\d+)', line):
+            if name in names:
+                found.setdefault(int(pid), set()).add(line.split()[3].rsplit(":", 1)[0])
+    return found
+
+
+def test_without_an_address_a_private_ray_on_127_0_0_1_runs_the_batch_and_is_gone_after(tmp_path):
+    ours = ("gcs_server", "raylet")
+    before = set(_listening(ours))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    cmd = [*DHGEN, "render", "--audio", str(SHORT_AUDIO), "--avatar", str(AVATAR), "-o", str(tmp_path / "o.mp4")]
+    driver = subprocess.Popen(
+        [*cmd, "--executor", "ray", "--progress", "none"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    seen: dict[int, set[str]] = {}
+    try:
+        while driver.poll() is None:
+            for pid, addresses in _listening(ours).items():
+                if pid not in before:
+                    seen.setdefault(pid, set()).update(addresses)
+            time.sleep(0.5)
+        stderr = driver.communicate(timeout=120)[1]
+    finally:
+        driver.kill()
+    assert driver.returncode == 0, stderr[-3000:]
+    assert frame_digests(tmp_path / "o.mp4")
+    assert seen and all(a in ("127.0.0.1", "[::ffff:127.0.0.1]") for addresses in seen.values() for a in addresses)
+    _wait_until(lambda: not any(_alive(pid) for pid in seen), 15, "the private Ray to stop")

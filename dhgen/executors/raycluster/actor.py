@@ -3,7 +3,7 @@ once and serves the face crops of every job on its node, queued requests merged 
 local worker does (in slices of the batch size, halved on out-of-memory: `dhgen.serving`).
 
     job task ──infer(CropBatch)──► queue ──► one forward over the queued crops (model thread) ──► patches per call
-    driver ◄── watch(): {pid, device, node_id, fatal} once the model is loaded, then every REPORT_EVERY_S
+    driver ◄── watch(): {pid, device, node_id, fatal, restarted} once the model is loaded, then every REPORT_EVERY_S
                {served, pending, ooms}: the counters the driver judges the actor's liveness by
 
 Ray restarts the actor when its process dies (the driver creates it with max_restarts=-1, and max_task_retries=0
@@ -38,11 +38,13 @@ class InferenceActor:
 
         limit_threads(threads)
         self.pid = os.getpid()
+        context = ray.get_runtime_context()
         self.info = {
             "pid": self.pid,
-            "node_id": ray.get_runtime_context().get_node_id(),
+            "node_id": context.get_node_id(),
             "device": options.device,
             "fatal": None,
+            "restarted": bool(context.was_current_actor_reconstructed),  # Ray restarted it at least once
         }
         self._queue: deque = deque()  # (CropBatch, Future) in arrival order
         self._served = 0  # forward passes done by this process

@@ -54,7 +54,7 @@ def node_lost(node: NodeInfo, job_ids: list[str]) -> dict:
 def actor_died(index: int, node: NodeInfo, pid: int | None, exc: BaseException | None, what: str) -> dict:
     """The record of inference actor `index` dying (`what`: how, in words)."""
     ray_says = f" (Ray: {type(exc).__name__})" if exc is not None else ""
-    error = WorkerCrashed(f"inference actor {index} on node {node.label} (pid {pid}) {what}{ray_says}")
+    error = WorkerCrashed(f"inference actor {index} on node {node.label} (pid {pid or '?'}) {what}{ray_says}")
     return _placed(error.to_record(), node, pid)
 
 

@@ -62,6 +62,7 @@ class Actor:
     last_event: float = 0.0  # when worker_progress was last emitted
     fruitless: int = 0  # deaths in a row before serving anything
     stalled: bool = False  # the driver killed it for making no progress
+    death_noted: bool = False  # a death of it was reported since it was last ready
     failed: dict | None = None  # given up: why (its jobs end with this record)
     jobs: set = field(default_factory=set)  # jobs whose running attempt uses it
 
@@ -213,8 +214,13 @@ class Pool:
                 events.incident(self.last_loss, worker=actor.index, node=actor.node.ip, action="no more inference")
             )
             return
+        if item.get("restarted") and not actor.death_noted:  # it died before the driver heard it was ready
+            self._actor_died(actor, None, now)
+            if not actor.usable:
+                return
         actor.ready, actor.pid, actor.device, actor.served, actor.pending = True, item["pid"], item["device"], 0, 0
         actor.progress_at = actor.busy_at = now
+        actor.death_noted = False
         self._emit(
             events.worker_started(actor.index, actor.pid, actor.device, node=actor.node.ip, node_id=actor.node.node_id)
         )
@@ -246,7 +252,7 @@ class Pool:
         self._on_oom(actor, {**record, "worker": actor.index, "batch_size": oom["batch_size"]})
 
     def _actor_died(self, actor: Actor, error: BaseException | None, now: float) -> None:
-        """The process of a ready actor died (or was killed as stalled): Ray restarts it."""
+        """The process of the actor died (or was killed as stalled): Ray restarts it, unless it keeps dying."""
         what = f"made no progress for {self.run.stall_timeout:g}s and was killed" if actor.stalled else "died"
         record = actor_died(actor.index, actor.node, actor.pid, error, what)
         if actor.stalled:
@@ -254,6 +260,7 @@ class Pool:
         actor.fruitless = actor.fruitless + 1 if actor.served == 0 else 1
         actor.ready, actor.stalled, actor.served, actor.pending = False, False, 0, 0
         actor.progress_at = actor.busy_at = now
+        actor.death_noted = True
         if actor.fruitless > MAX_FRUITLESS_RESTARTS:
             record["message"] += (
                 f"; it died {actor.fruitless} times in a row before serving a batch, so dhgen stopped restarting it"
