@@ -381,7 +381,7 @@ class RaySampler:
                 status = _status(pid)
                 total += status.get("VmRSS", 0) / 1024
                 known_kind, peak = self._peaks.get(pid, (None, 0.0))
-                kind = known_kind or _ray_kind(command)  # a process that is exiting has no command line any more
+                kind = _ray_kind(command) or known_kind  # the latest title (ray::...); an exiting process has none
                 self._peaks[pid] = (kind, max(status.get("VmHWM", 0) / 1024, peak))
             self.peak_sum_mb = max(self.peak_sum_mb, total)
 

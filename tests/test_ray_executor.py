@@ -262,9 +262,11 @@ def test_a_stopped_actor_is_stalled_killed_and_restarted_and_its_jobs_go_on(ray_
 
 
 def test_bad_inputs_fail_their_own_jobs_with_their_usual_types(ray_cluster, tmp_path):
+    (tmp_path / "plain").write_text("a file where the output's folder should be")
     jobs = [
         Job("garbage", FIXTURES / "garbage.wav", AVATAR, tmp_path / "garbage.mp4"),
         Job("missing", tmp_path / "nowhere.wav", AVATAR, tmp_path / "missing.mp4"),
+        Job("blocked", SHORT_AUDIO, AVATAR, tmp_path / "plain" / "blocked.mp4"),
         Job("good", SHORT_AUDIO, AVATAR, tmp_path / "good.mp4"),
     ]
     summary = _ray_run(ray_cluster, tmp_path, jobs, EventWatcher())
@@ -276,6 +278,9 @@ def test_bad_inputs_fail_their_own_jobs_with_their_usual_types(ray_cluster, tmp_
     assert str(FIXTURES / "garbage.wav") in garbage.error["message"] and "dhgen-ray" not in garbage.error["message"]
     assert missing.status == "failed" and missing.error["type"] == "MissingInputError" and missing.error["hint"]
     assert str(tmp_path / "nowhere.wav") in missing.error["message"]
+    blocked = by_id["blocked"]
+    assert blocked.status == "failed" and blocked.attempts == 1 and blocked.error["type"] == "OutputError"
+    assert str(tmp_path / "plain") in blocked.error["message"]
     assert not Path(garbage.output).exists() and not Path(missing.output).exists()
 
 

@@ -237,6 +237,8 @@ class RayExecutor:
             slot.record.started_at = utc_now()
         try:
             audio, avatar = self._inputs.refs(slot.job) if self._inputs else (None, None)
+            if self._inputs is not None:
+                make_output_folder(slot.job.output)  # the driver writes it: a folder it cannot make fails now
         except DhgenError as exc:
             self._attempt_failed(slot, {**exc.to_record(), "time": utc_now()})
             return
