@@ -41,6 +41,7 @@ from dhgen.writer import output_error
 FLUSH_S = 0.25  # progress is sent at most this often (and at once when a stage starts)
 REPLAY_PAUSE_S = 0.25  # between attempts to reach an actor that Ray is restarting
 WORK_ROOT = "dhgen-ray"  # under the node's temp folder: <run id>/<job id>-<attempt>/
+STALE_AFTER_S = 24 * 3600  # a run's folder untouched this long was left by a node that died: removed
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,8 @@ def run_job(spec: TaskSpec, audio: bytes | None, avatar: bytes | None, actor) ->
     yield ("started", {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()})
     limit_threads(spec.threads)
     workdir = None if spec.shared_fs else work_folder(spec.run_id) / f"{spec.job.id}-{spec.attempt}"
+    if workdir is not None:
+        _sweep_stale_runs(workdir.parent.parent)
     try:
         local = _Local(spec.job) if workdir is None else _localise(spec.job, workdir, audio, avatar)
         messages: queue.SimpleQueue = queue.SimpleQueue()
@@ -252,6 +255,19 @@ def _localise(job: Job, workdir: Path, audio: bytes, avatar: bytes) -> _Local:
         str(local.output): str(job.output),
     }
     return _Local(local, originals)
+
+
+def _sweep_stale_runs(root: Path) -> None:
+    """Remove run folders nobody touched for STALE_AFTER_S: what a node that died mid-run (so the driver could not
+    clean it) left behind."""
+    try:
+        folders = list(root.iterdir())
+    except OSError:
+        return
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            if time.time() - folder.stat().st_mtime > STALE_AFTER_S:
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def _make_folder(workdir: Path) -> None:
