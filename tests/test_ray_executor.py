@@ -7,6 +7,7 @@ import faulthandler
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -191,11 +192,14 @@ def test_a_node_that_dies_mid_batch_costs_its_jobs_an_attempt_on_the_remaining_n
         removed["node_id"] = node_id
         ray_cluster.remove_node(node, allow_graceful=False)  # its raylet and every process of it: killed
 
+    work_before = set(WORK_ROOT.glob("*"))
     try:
         watcher.act(kill_a_node)
         summary = _ray_run(ray_cluster, tmp_path, _jobs(tmp_path, 3), watcher)
     finally:
         _restore_two_worker_nodes(ray_cluster)
+        for left in set(WORK_ROOT.glob("*")) - work_before:  # the dead node's temp folder (this machine's /tmp)
+            shutil.rmtree(left, ignore_errors=True)
 
     assert [r.status for r in summary.records] == ["succeeded"] * 3
     lost = [(r, e) for r in summary.records for e in r.errors if e["type"] == "NodeLost"]
