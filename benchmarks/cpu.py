@@ -1,6 +1,6 @@
 """CPU benchmark (`make bench`): dhgen against a transcode-only baseline measured in the same run.
 
-    .venv/bin/python benchmarks/cpu.py [--size 480p] [--reps 3] [--only sequential,memory,concurrent,wav2lip]
+    .venv/bin/python benchmarks/cpu.py [--size 480p] [--reps 3] [--only sequential,memory,concurrent,wav2lip,ray]
 
 Sections (targets from issues 2, 3 and 5):
 1. sequential: a batch of jobs (`--jobs 1`) vs one baseline process transcoding the same frames (decode the
@@ -11,6 +11,10 @@ Sections (targets from issues 2, 3 and 5):
    batch. Target wall <= 1.25.
 4. wav2lip: a short clip with a randomly initialised generator at a small batch (skipped when dhgen has no
    wav2lip model yet), plus the model's own frames/s at that batch.
+5. ray: the concurrent section's batch through the local supervisor and through `--executor ray` against a
+   one-node Ray cluster on 127.0.0.1 that is already running (its start-up is timed on its own), alternated;
+   wall ratio ray / local (target <= 1.15), and the peak RSS of Ray's own processes (gcs_server, raylet, agents,
+   workers and actors) sampled every 50 ms.
 
 dhgen runs through its CLI entry point in a subprocess, as a user runs it. Inputs are generated into a temp
 folder. The report is printed and written to bench-results/cpu.txt. The box may be shared: wall times are noisy,
@@ -55,9 +59,10 @@ from common import (  # noqa: E402
     write_random_wav2lip,
 )
 
-SECTIONS = ("sequential", "memory", "concurrent", "wav2lip")
+SECTIONS = ("sequential", "memory", "concurrent", "wav2lip", "ray")
 TARGET_WALL = 1.25
 TARGET_RSS = 1.2
+TARGET_RAY = 1.15
 
 
 @dataclass
@@ -289,6 +294,111 @@ def bench_wav2lip(inp: Inputs, args) -> str:
     )
 
 
+def bench_ray(inp: Inputs, args) -> str:
+    n, batch = args.concurrent, max(args.batch, args.concurrent)
+    rows = rows_for(inp, inp.speech, batch)
+    xdg = inp.tmp / "xdg-warm"
+    os.environ["XDG_CACHE_HOME"] = str(xdg)  # the node's processes inherit it: the same warm face cache as local
+    started = time.perf_counter()
+    cluster = start_ray_cluster(os.cpu_count() or 2)
+    startup_s = time.perf_counter() - started
+    try:
+        ray_args = ("--executor", "ray", "--ray-address", cluster.address, "--jobs", str(n))
+        sampler = RaySampler()
+        first, _ = dhgen_run(inp, rows, "ray-first", xdg, *ray_args)  # the cluster's first driver: workers start
+        runs = alternate(
+            args.reps,
+            {
+                f"local supervisor --jobs {n}": lambda: dhgen_run(inp, rows, "local", xdg, "--jobs", str(n))[0],
+                f"--executor ray --jobs {n} (1 node)": lambda: sampler.during(
+                    lambda: dhgen_run(inp, rows, "ray", xdg, *ray_args)[0]
+                ),
+            },
+        )
+    finally:
+        cluster.shutdown()
+    frames = {name: batch * inp.frames for name in runs}
+    title = (
+        f"5. ray: {batch} jobs x {args.seconds:g} s, {n} at once, warm cache, {args.reps} alternated reps "
+        f"(target ray/local <= {TARGET_RAY})"
+    )
+    text = table(title, COMPARISON_HEADERS, comparison_rows(runs, frames, f"local supervisor --jobs {n}"))
+    peaks = "; ".join(f"{k} {v:.0f}" for k, v in sorted(sampler.peak_by_kind().items(), key=lambda kv: -kv[1]))
+    return text + (
+        f"\nRay cluster start-up (head node, {os.cpu_count()} CPUs, 127.0.0.1, no dashboard): {startup_s:.1f} s; "
+        f"first ray run after it {first.wall_s:.1f} s (not in the table)\n"
+        f"Ray's own processes during the ray runs: peak RSS sum {sampler.peak_sum_mb:.0f} MB; largest per kind "
+        f"(MB): {peaks}\n(CPU s of the ray rows count the driver process tree only: the work runs in Ray's "
+        "workers, which are not its children)\n"
+    )
+
+
+def start_ray_cluster(cpus: int):
+    """A one-node Ray cluster on 127.0.0.1, as `ray start --head` would make it, owned by this process."""
+    from dhgen.executors.raycluster.cluster import import_ray
+
+    import_ray("127.0.0.1:6379")  # loopback: Ray takes 127.0.0.1 as this machine's address
+    from ray.cluster_utils import Cluster
+
+    node = {"num_cpus": cpus, "node_ip_address": "127.0.0.1", "include_dashboard": False}
+    return Cluster(initialize_head=True, head_node_args={**node, "object_store_memory": 512 * 1024**2})
+
+
+class RaySampler:
+    """Peak RSS of Ray's processes (every process below this one that is not a dhgen CLI run), every 50 ms."""
+
+    def __init__(self) -> None:
+        self.peak_sum_mb = 0.0
+        self._peaks: dict[int, tuple[str, float]] = {}
+
+    def during(self, run):
+        import threading
+
+        stop = threading.Event()
+        thread = threading.Thread(target=self._sample_until, args=(stop,), daemon=True)
+        thread.start()
+        try:
+            return run()
+        finally:
+            stop.set()
+            thread.join()
+
+    def peak_by_kind(self) -> dict[str, float]:
+        peaks: dict[str, float] = {}
+        for kind, mb in self._peaks.values():
+            peaks[kind or "?"] = max(mb, peaks.get(kind or "?", 0.0))
+        return peaks
+
+    def _sample_until(self, stop) -> None:
+        from common import _cmdline, _descendants, _status
+
+        while not stop.wait(0.05):
+            total = 0.0
+            for pid, _ in _descendants(os.getpid()):
+                command = _cmdline(pid)
+                if pid == os.getpid() or "dhgen.cli" in command:  # this process, the dhgen driver
+                    continue
+                status = _status(pid)
+                total += status.get("VmRSS", 0) / 1024
+                known_kind, peak = self._peaks.get(pid, (None, 0.0))
+                kind = _ray_kind(command) or known_kind  # the latest title (ray::...); an exiting process has none
+                self._peaks[pid] = (kind, max(status.get("VmHWM", 0) / 1024, peak))
+            self.peak_sum_mb = max(self.peak_sum_mb, total)
+
+
+def _ray_kind(command: str) -> str | None:
+    if not command:
+        return None
+    first = command.split()[0]
+    if first.startswith("ray::"):
+        return first
+    name = Path(first).name
+    if name.startswith("python"):
+        script = next((Path(a).name for a in command.split()[1:] if a.endswith(".py")), "python")
+        return script
+    return name
+
+
 # --- driver ---------------------------------------------------------------------------------------------------
 
 
@@ -341,6 +451,7 @@ def main(argv=None) -> int:
         "memory": bench_memory,
         "concurrent": bench_concurrent,
         "wav2lip": bench_wav2lip,
+        "ray": bench_ray,
     }
     parts = [header(args)]
     print(parts[0], flush=True)

@@ -127,6 +127,11 @@ def _print_version(value: bool) -> None:
         raise typer.Exit(EXIT_OK)
 
 
+class ExecutorName(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
 @app.callback()
 def _app(
     version: Annotated[
@@ -246,7 +251,9 @@ def render(
         int,
         typer.Option(min=0, max=51, help="quality on x264's CRF scale, mapped per encoder", rich_help_panel=ENCODING),
     ] = 20,
-    jobs: Annotated[int, typer.Option(min=1, help="jobs rendered at once", rich_help_panel=EXECUTION)] = 2,
+    jobs: Annotated[
+        int, typer.Option(min=1, help="jobs rendered at once (--executor ray: per node)", rich_help_panel=EXECUTION)
+    ] = 2,
     workers: Annotated[
         int | None, typer.Option(min=1, help="inference workers (default: one per GPU)", rich_help_panel=EXECUTION)
     ] = None,
@@ -259,6 +266,25 @@ def render(
     job_timeout: Annotated[
         float | None, typer.Option(min=1, help="seconds one job attempt may take", rich_help_panel=EXECUTION)
     ] = None,
+    executor: Annotated[
+        ExecutorName,
+        typer.Option(help="local: this machine's processes; ray: a Ray cluster", rich_help_panel=EXECUTION),
+    ] = ExecutorName.local,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: RAY_ADDRESS, else a private local Ray)",
+            rich_help_panel=EXECUTION,
+        ),
+    ] = None,
+    ray_shared_fs: Annotated[
+        bool,
+        typer.Option(
+            "--ray-shared-fs",
+            help="every Ray node sees the input and output paths (no copies through the object store)",
+            rich_help_panel=EXECUTION,
+        ),
+    ] = False,
     progress: Annotated[
         Progress,
         typer.Option(
@@ -316,6 +342,7 @@ def render(
             stall_timeout=stall_timeout,
             job_timeout=job_timeout,
             shard=run_shard,
+            **_executor_options(executor, ray_address, ray_shared_fs),
         )
     except UsageError as exc:
         _fail(exc, EXIT_USAGE, refusal)
@@ -366,13 +393,17 @@ def _run(job_list: list[Job], options: RenderOptions, run: RunOptions, handlers)
 def doctor(
     out: Annotated[Path, typer.Option(help="output folder whose free space is checked")] = DEFAULT_OUT,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as one JSON object")] = False,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="also check a Ray cluster: its nodes, CPUs, GPUs, and whether each imports this dhgen"),
+    ] = None,
 ) -> None:
-    """Report what this machine has that dhgen needs; exit 1 when something required is missing."""
+    """Report what this machine (and a Ray cluster) has that dhgen needs; exit 1 when something required is missing."""
     import json
 
     from dhgen.doctor import run_doctor
 
-    report = run_doctor(out)
+    report = run_doctor(out, ray_address=ray_address)
     typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else "\n".join(report.lines()))
     raise typer.Exit(report.exit_code)
 
@@ -443,6 +474,12 @@ def _jobs(manifest, audio, avatar, output, out) -> tuple[list[Job], Path, bool]:
     check_input_file(audio, "--audio")
     check_input_file(avatar, "--avatar")
     return [single_job(audio, avatar, output)], output.parent, True
+
+
+def _executor_options(executor: ExecutorName, ray_address: str | None, ray_shared_fs: bool) -> dict:
+    if executor != ExecutorName.ray and (ray_address is not None or ray_shared_fs):
+        raise UsageError("--ray-address and --ray-shared-fs need --executor ray")
+    return {"executor": executor.value, "ray_address": ray_address, "ray_shared_fs": ray_shared_fs}
 
 
 def _fail(exc: DhgenError, code: int, on_event=None):

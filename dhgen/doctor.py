@@ -115,6 +115,14 @@ def probe_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def probe_ray(address: str) -> dict:
+    """A Ray cluster's alive nodes, each with what it has (`raycluster.cluster.probe_nodes`). Raises when the
+    cluster cannot be reached or Ray is not installed."""
+    from dhgen.executors.raycluster.cluster import probe_nodes
+
+    return probe_nodes(address)
+
+
 @dataclass(frozen=True)
 class Probes:
     python: Callable[[], tuple] = probe_python
@@ -126,6 +134,7 @@ class Probes:
     output: Callable[[Path], OutputFolder] = probe_output
     cpus: Callable[[], int] = probe_cpus
     encoders: Callable[[], list[EncoderInfo]] = survey
+    ray: Callable[[str], dict] = probe_ray
 
 
 # --- checks ---------------------------------------------------------------------------------------------------
@@ -270,6 +279,42 @@ def check_cpus(probes: Probes) -> list[Check]:
     ]
 
 
+RAY_NODE_HINT = "install this dhgen with its extra on every node: pip install 'dhgen[ray]'"
+
+
+def check_ray(probes: Probes, address: str) -> list[Check]:
+    """The cluster at `address`: one line for it, one per alive node (CPUs, GPUs, its dhgen, torch)."""
+    try:
+        found = probes.ray(address)
+    except Exception as exc:  # noqa: BLE001 - an unreachable cluster (or no Ray here) is the finding
+        hint = getattr(exc, "hint", None) or RAY_NODE_HINT
+        return [Check("ray cluster", "fail", f"{address}: {getattr(exc, 'message', None) or exc}", hint)]
+    nodes = found["nodes"]
+    cpus, gpus = sum(n["node"].cpus for n in nodes), sum(n["node"].gpus for n in nodes)
+    words = f"{found['address']}: {len(nodes)} node(s) alive, {cpus:g} CPUs, {gpus:g} GPUs"
+    checks = [Check("ray cluster", "ok" if nodes else "fail", words, "" if nodes else "start the cluster's nodes")]
+    return checks + [_check_ray_node(n) for n in nodes]
+
+
+def _check_ray_node(found: dict) -> Check:
+    from dhgen import __version__
+
+    node = found["node"]
+    name = f"node {node.label}"
+    words = f"{node.cpus:g} CPUs, {node.gpus:g} GPUs"
+    if "error" in found:
+        return Check(name, "fail", f"{words}; cannot run dhgen there: {found['error']}", RAY_NODE_HINT)
+    if found["dhgen"] != __version__:
+        return Check(name, "fail", f"{words}; dhgen {found['dhgen']} there, {__version__} here", RAY_NODE_HINT)
+    words += f"; dhgen {found['dhgen']}, Python {found['python']}"
+    if "torch_error" in found:
+        return Check(name, "fail", f"{words}; torch: {found['torch_error']}", RAY_NODE_HINT)
+    words += f", torch {found['torch']} ({found['cuda']} CUDA device(s))"
+    if node.cpus < 1:
+        return Check(name, "info", f"{words}; no CPUs, so no jobs run there")
+    return Check(name, "ok", words)
+
+
 @dataclass
 class Report:
     checks: list[Check] = field(default_factory=list)
@@ -315,8 +360,8 @@ class Report:
         }
 
 
-def run_doctor(out_dir: Path = Path("renders"), probes: Probes | None = None) -> Report:
-    """Every check, in the order a person reads them."""
+def run_doctor(out_dir: Path = Path("renders"), probes: Probes | None = None, ray_address: str | None = None) -> Report:
+    """Every check, in the order a person reads them; with `ray_address`, the Ray cluster's too."""
     probes = probes or Probes()
     report = Report()
     for check in (check_python, check_torch, check_media):
@@ -326,4 +371,6 @@ def run_doctor(out_dir: Path = Path("renders"), probes: Probes | None = None) ->
     report.checks += check_cascade(probes)
     report.checks += check_disk(probes, Path(out_dir))
     report.checks += check_cpus(probes)
+    if ray_address is not None:
+        report.checks += check_ray(probes, ray_address)
     return report

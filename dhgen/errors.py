@@ -147,6 +147,14 @@ class OutOfMemory(DhgenError):
     default_hint = "lower --batch-size or run fewer --jobs at once"
 
 
+class NodeLost(DhgenError):
+    """A cluster node died or stopped answering while it held the job (Ray executor); the message names the node
+    (IP and Ray node id)."""
+
+    retryable = True
+    default_hint = "the job is re-run on the remaining nodes; if nodes keep dropping out, check their health"
+
+
 def reason(exc: BaseException) -> str:
     """The readable part of an OS or FFmpeg error ("Invalid data found when processing input"), without the
     errno number and the repeated file name."""

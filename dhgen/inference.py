@@ -70,6 +70,13 @@ def is_cuda_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in text and ("CUDA" in text or "cuda" in text)
 
 
+def is_cuda_context_broken(exc: BaseException) -> bool:
+    """True for a CUDA error after which this process's CUDA context cannot be trusted (an illegal memory access,
+    a launch failure: torch raises them as `torch.AcceleratorError`), out-of-memory excepted. The process must end
+    so that a fresh one replaces it; retrying in the same process fails forever."""
+    return isinstance(exc, torch.AcceleratorError) and not is_cuda_oom(exc)
+
+
 class Predictor:
     """A loaded model on one device: `predict(CropBatch) -> PatchBatch`, numpy in, numpy out."""
 

@@ -54,6 +54,7 @@ class MetricsFile:
         self.running: set[str] = set()
         self.frames = self.retries = 0
         self.incidents: Counter[str] = Counter()
+        self.worker_deaths = 0  # inference workers (Ray: actors) that died, each counted once
         self.last_success = read_last_success(self.path)
 
     def __enter__(self) -> MetricsFile:
@@ -79,7 +80,10 @@ class MetricsFile:
             self.retries += 1
 
     def _on_incident(self, event: dict) -> None:
-        self.incidents[event.get("error", {}).get("type", "unknown")] += 1
+        kind = event.get("error", {}).get("type", "unknown")
+        self.incidents[kind] += 1
+        if kind == "WorkerCrashed" and "job_id" not in event:  # a job's own note of replayed batches is no death
+            self.worker_deaths += 1
 
     def _on_job_finished(self, event: dict) -> None:
         record = event["record"]
@@ -113,7 +117,7 @@ class MetricsFile:
         out += [
             ("dhgen_frames_rendered_total", {}, self.frames),
             ("dhgen_retries_total", {}, self.retries),
-            ("dhgen_worker_crashes_total", {}, self.incidents["WorkerCrashed"]),
+            ("dhgen_worker_crashes_total", {}, self.worker_deaths),
             ("dhgen_job_process_crashes_total", {}, self.incidents["JobProcessCrashed"]),
             ("dhgen_stalls_total", {}, self.incidents["Stalled"]),
         ]

@@ -73,7 +73,7 @@ class RunOptions:
     resume: bool = False  # skip jobs already rendered from the same inputs
     verify: bool = False  # with resume: render again what would be skipped, and report frames_digest mismatches
     overwrite: bool = True  # replace existing outputs; False refuses them before the run (one-job CLI default)
-    jobs: int = 2  # job processes at once
+    jobs: int = 2  # jobs at once (on Ray: per node)
     workers: int | None = None  # inference workers; None: one per visible GPU, else one CPU worker
     retries: int = 2  # extra attempts for retryable failures
     stall_timeout: float = 60.0  # seconds without progress, while work is pending, before a stage is Stalled
@@ -81,6 +81,9 @@ class RunOptions:
     job_timeout: float | None = None  # seconds one attempt of a job may take (None: no limit)
     backoff_s: float = 1.0  # first retry delay; doubles each attempt, with jitter
     shard: Shard | None = None  # render only this shard of the jobs (its own lock and result log)
+    executor: str = "local"  # "local" (this machine's processes) or "ray" (a Ray cluster)
+    ray_address: str | None = None  # what ray.init(address=...) takes; None: RAY_ADDRESS, else a private local Ray
+    ray_shared_fs: bool = False  # every Ray node sees the same paths: nodes read inputs and write outputs directly
 
     @property
     def results_path(self) -> Path:

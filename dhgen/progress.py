@@ -67,6 +67,7 @@ class JobView:
     incident: str | None = None  # the last incident, in a few words
     retry_note: str | None = None  # set while it waits for its next attempt
     last_beat: float = 0.0  # plain output: when its last heartbeat line was written
+    node: str | None = None  # the cluster node it runs on (Ray executor)
 
     @property
     def stage(self) -> str:
@@ -91,6 +92,7 @@ class WorkerView:
     device: str = "?"
     served: int = 0  # batches served (by the current process)
     restarts: int = 0
+    node: str | None = None  # the cluster node it runs on (Ray executor)
 
 
 class RunView:
@@ -128,7 +130,12 @@ class RunView:
     def _on_job_started(self, event: dict) -> None:
         now = self.clock()
         self.jobs[event["job_id"]] = JobView(
-            event["job_id"], event.get("attempt", 1), event.get("pid"), started=now, last_beat=now
+            event["job_id"],
+            event.get("attempt", 1),
+            event.get("pid"),
+            started=now,
+            last_beat=now,
+            node=node_label(event),
         )
 
     def _on_job_progress(self, event: dict) -> None:
@@ -144,6 +151,7 @@ class RunView:
     def _on_worker_started(self, event: dict) -> None:
         worker = self.workers.setdefault(event["worker"], WorkerView(event["worker"]))
         worker.pid, worker.device, worker.served = event.get("pid"), str(event.get("device", "?")), 0
+        worker.node = node_label(event)
 
     def _on_worker_progress(self, event: dict) -> None:
         worker = self.workers.setdefault(event["worker"], WorkerView(event["worker"]))
@@ -189,6 +197,18 @@ class RunView:
         if not rates or len(self.jobs) < left:
             return None  # jobs not started yet have no frame count: no honest estimate
         return max(rates)
+
+
+def node_label(event: dict) -> str | None:
+    """The node an event names, for people: its IP and the start of its Ray id (one machine may run several)."""
+    if not event.get("node"):
+        return None
+    node_id = event.get("node_id")
+    return f"{event['node']} ({node_id[:8]})" if node_id else str(event["node"])
+
+
+def on_node(label: str | None) -> str:
+    return f", node {label}" if label else ""
 
 
 def incident_jobs(event: dict) -> list[str]:
@@ -306,6 +326,7 @@ class Column:
 
     header = ""
     justify = "left"
+    optional = False  # True: left out of a table whose rows all render it empty
 
     def render(self, row: Any, now: float) -> RenderableType:
         raise NotImplementedError
@@ -340,6 +361,16 @@ class FpsColumn(Column):
 
     def render(self, row: JobView, now: float) -> RenderableType:
         return f"{row.fps:.1f}" if row.fps else "-"
+
+
+class NodeColumn(Column):
+    """The cluster node of a job or a worker; shown only when some row has one (the Ray executor)."""
+
+    header = "node"
+    optional = True
+
+    def render(self, row: Any, now: float) -> RenderableType:
+        return row.node or ""
 
 
 class AttemptColumn(Column):
@@ -405,6 +436,7 @@ class RestartsColumn(Column):
 
 JOB_COLUMNS = (
     JobIdColumn(),
+    NodeColumn(),
     StageColumn(),
     FramesColumn(),
     FpsColumn(),
@@ -412,11 +444,12 @@ JOB_COLUMNS = (
     ElapsedColumn(),
     LastIncidentColumn(),
 )
-WORKER_COLUMNS = (WorkerColumn(), PidColumn(), DeviceColumn(), ServedColumn(), RestartsColumn())
+WORKER_COLUMNS = (WorkerColumn(), NodeColumn(), PidColumn(), DeviceColumn(), ServedColumn(), RestartsColumn())
 
 
 def column_table(columns: Iterable[Column], rows: Iterable[Any], now: float, title: str | None = None) -> Table:
-    columns = list(columns)
+    rows = list(rows)
+    columns = [c for c in columns if not c.optional or any(c.render(row, now) for row in rows)]
     table = Table(title=title, title_justify="left", expand=False, box=None, header_style="bold dim")
     for column in columns:
         table.add_column(column.header, justify=column.justify)
@@ -592,7 +625,7 @@ class PlainProgress:
         frames = f", {done}/{total} frames" if total else ""
         fps = f", {job.fps:.1f} fps" if job.fps else ""
         return (
-            f"job {job.job_id}: still running, {job.stage}{frames}{fps}, "
+            f"job {job.job_id}: still running{on_node(job.node)}, {job.stage}{frames}{fps}, "
             f"{format_duration(now - job.started)} in attempt {job.attempt}"
         )
 
@@ -601,9 +634,11 @@ class PlainProgress:
         if kind == "run_started":
             return [f"run started: {event.get('jobs')} job(s)"]
         if kind == "worker_started":
-            return [f"worker {event.get('worker')}: ready on {event.get('device')} (pid {event.get('pid')})"]
+            where = on_node(node_label(event))
+            return [f"worker {event.get('worker')}: ready on {event.get('device')} (pid {event.get('pid')}{where})"]
         if kind == "job_started":
-            return [f"job {event['job_id']}: started (attempt {event.get('attempt')}, pid {event.get('pid')})"]
+            where = on_node(node_label(event))
+            return [f"job {event['job_id']}: started (attempt {event.get('attempt')}, pid {event.get('pid')}{where})"]
         if kind == "incident":
             return self._incident_lines(event)
         if kind == "job_finished":

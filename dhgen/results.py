@@ -71,9 +71,9 @@ def new_record(job, fingerprint: str | None) -> JobRecord:
     )
 
 
-def fill_outcome(record: JobRecord, outcome, options=None) -> None:
+def fill_outcome(record: JobRecord, outcome) -> None:
     """Mark `record` succeeded with what the render produced (`pipeline.JobOutcome`): frames, size, the frames'
-    digest and the encoder that ran (the outcome says which; `options` is no longer needed)."""
+    digest and the encoder that ran."""
     record.status = "succeeded"
     record.frames, record.fps = outcome.frames, round(float(outcome.fps), 6)
     record.width, record.height = outcome.width, outcome.height

@@ -4,7 +4,12 @@
 slices of the current batch size and halves it on an out-of-memory error.
 
 Test hook: DHGEN_TEST_FAULT=raise makes every forward raise; DHGEN_TEST_FAULT=oom_above:N raises OutOfMemory
-for forward passes larger than N crops. Tests use it for faults that real signals cannot produce.
+for forward passes larger than N crops; DHGEN_TEST_FAULT=broken_cuda_once:PATH raises a CUDA error that breaks
+the context (`torch.AcceleratorError`) in the first forward of the first process to get there (it creates PATH;
+later processes find it and run normally). Tests use it for faults that real signals cannot produce.
+
+A process whose CUDA context is broken (`context_broken`) ends itself, so that it is replaced instead of failing
+every batch from now on.
 """
 
 from __future__ import annotations
@@ -49,7 +54,26 @@ class FaultInjector:
             raise RuntimeError("injected fault: the model raised (DHGEN_TEST_FAULT=raise)")
         if self.fault.startswith("oom_above:") and len(batch) > int(self.fault.split(":")[1]):
             raise OutOfMemory(f"injected CUDA out of memory for a batch of {len(batch)} (DHGEN_TEST_FAULT)")
+        if self.fault.startswith("broken_cuda_once:") and _first_to_create(self.fault.partition(":")[2]):
+            import torch
+
+            raise torch.AcceleratorError("injected CUDA error: an illegal memory access was encountered")
         return self.predictor.predict(batch)
+
+
+def _first_to_create(path: str) -> bool:
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+def context_broken(exc: BaseException) -> bool:
+    """The model's process must end after `exc` (its CUDA context is broken); see `inference.is_cuda_context_broken`."""
+    from dhgen.inference import is_cuda_context_broken
+
+    return is_cuda_context_broken(exc)
 
 
 def load_for_serving(options: ModelOptions, threads: int):

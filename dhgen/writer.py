@@ -22,6 +22,7 @@ busy only CPU counts.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fractions
 import hashlib
@@ -356,6 +357,29 @@ def _fault_frame() -> int | None:
     """The frame before which the test hook flushes the encoder (see DHGEN_TEST_FAULT above), if set."""
     fault = os.environ.get("DHGEN_TEST_FAULT", "")
     return int(fault[len(_FAULT_PREFIX) :]) if fault.startswith(_FAULT_PREFIX) else None
+
+
+def write_file_atomically(target: Path, data: bytes) -> None:
+    """Write `data` (a finished MP4 rendered elsewhere, e.g. on a cluster node) to `target` as VideoWriter does: a
+    temp file beside it, fsync, rename over the target, fsync the folder. Raises OutputError; on any failure the
+    temp file is removed and the target is left as it was."""
+    target = Path(os.path.abspath(target))
+    temp = temp_path_for(target)
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, target)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise output_error(exc, target, f"write {target.name}") from exc
+    _fsync_folder(target.parent)
 
 
 def _fsync_path(path: Path) -> None:

@@ -1,6 +1,11 @@
+import hashlib
+import logging
+import threading
+import time
 import wave
 from pathlib import Path
 
+import av
 import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -28,3 +33,64 @@ def write_clip(target: Path, seconds: float, source: Path = FIXTURES / "speech.w
         dst.setparams(params)
         dst.writeframes(data)
     return target
+
+
+class EventWatcher:
+    """Collects events from a run; a background thread can wait for one and act (kill, stop)."""
+
+    def __init__(self) -> None:
+        self.events: list[dict] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, event: dict) -> None:
+        with self._cond:
+            self.events.append({**event, "_t": time.monotonic()})
+            self._cond.notify_all()
+
+    def wait_for(self, predicate, timeout: float = 60.0) -> dict:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for event in self.events:
+                    if predicate(event):
+                        return event
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("event not seen")
+                self._cond.wait(left)
+
+    def act(self, action) -> threading.Thread:
+        thread = threading.Thread(target=action, daemon=True)
+        thread.start()
+        return thread
+
+
+def frame_digests(path: Path) -> list[str]:
+    """md5 of every decoded video frame of an output (which must have a video and an audio stream)."""
+    with av.open(str(path)) as container:
+        assert [s.type for s in container.streams] == ["video", "audio"]
+        return [hashlib.md5(f.to_ndarray(format="rgb24").tobytes()).hexdigest() for f in container.decode(video=0)]
+
+
+RAY_NODE = {"node_ip_address": "127.0.0.1", "object_store_memory": 80 * 1024**2}
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real Ray cluster on this machine, started once per session: a head node without CPUs (the driver's; no
+    job runs there) and two worker nodes of one CPU each, every one bound to 127.0.0.1, no dashboard, 80 MB
+    object stores. This process is connected to it as a driver. Tests that remove a node add one back."""
+    from dhgen.executors.raycluster.cluster import import_ray
+
+    ray = import_ray("127.0.0.1:6379")  # loopback: Ray must take 127.0.0.1 as this machine's address
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False, **RAY_NODE})
+    for _ in range(2):
+        cluster.add_node(num_cpus=1, **RAY_NODE)
+    ray.init(address=cluster.address, logging_level=logging.WARNING, log_to_driver=False)
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

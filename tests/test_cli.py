@@ -60,6 +60,8 @@ def decode(path: Path) -> tuple[list[str], np.ndarray]:
         ["--audio", "a.wav", "--avatar", "v.mp4", "-o", "o.mp4", "--model", "wav2lip"],  # needs --checkpoint
         ["--audio", "a.wav", "--avatar", "v.mp4", "-o", "o.mp4", "--jobs", "0"],
         ["--audio", "a.wav", "--avatar", "v.mp4", "-o", "o.mp4", "--no-such-option"],
+        ["--audio", "a.wav", "--avatar", "v.mp4", "-o", "o.mp4", "--ray-address", "auto"],  # needs --executor ray
+        ["--audio", "a.wav", "--avatar", "v.mp4", "-o", "o.mp4", "--executor", "slurm"],
         ["does-not-exist.csv"],
         ["--audio", "a.wav", "--avatar", "v.mp4", "-o", "o.mp4", "--encoder", "libvpx-vp9"],  # not H.264/HEVC
         ["--audio", "a.wav", "--avatar", "v.mp4", "-o", "o.mp4", "--encoder", "libx264", "--codec", "hevc"],
@@ -427,3 +429,17 @@ def test_hevc_output_is_tagged_hvc1_and_verifies_on_resume(tmp_path):
     assert again.returncode == 0, again.stderr
     first, second = map(json.loads, (target.parent / "results.jsonl").read_text().splitlines())
     assert second["status"] == "succeeded" and second["frames_digest"] == first["frames_digest"]
+
+
+def test_a_ray_cluster_that_cannot_be_reached_exits_2_at_once(tmp_path):
+    audio, avatar = FIXTURES / "speech.m4a", FIXTURES / "avatar.mp4"
+    cmd = [str(DHGEN), "render", "--audio", audio, "--avatar", avatar, "-o", tmp_path / "o.mp4"]
+    result = subprocess.run(
+        [*map(str, cmd), "--executor", "ray", "--ray-address", "127.0.0.1:1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "cannot reach the Ray cluster at 127.0.0.1:1" in result.stderr and "hint: " in result.stderr
+    assert not (tmp_path / "o.mp4").exists()

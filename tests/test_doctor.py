@@ -8,9 +8,11 @@ import json
 import cv2
 from typer.testing import CliRunner
 
+import dhgen
 from dhgen.cli import app
 from dhgen.doctor import EXIT_NOT_READY, EXIT_READY, OutputFolder, Probes, run_doctor
 from dhgen.encoders import EncoderInfo
+from dhgen.errors import UsageError
 
 
 def status_of(report, name: str) -> str:
@@ -136,3 +138,26 @@ def test_a_box_without_hevc_warns_and_one_without_h264_is_not_ready(tmp_path):
     broken = [EncoderInfo("libx264", "h264", False, "Invalid argument")]
     report = run_doctor(tmp_path, Probes(encoders=lambda: broken))
     assert status_of(report, "h264 encoders") == "fail" and report.exit_code == EXIT_NOT_READY
+
+
+def test_a_ray_cluster_is_checked_node_by_node(ray_cluster, tmp_path):
+    report = run_doctor(tmp_path, ray_address=ray_cluster.address)
+    cluster = next(c for c in report.checks if c.name == "ray cluster")
+    nodes = [c for c in report.checks if c.name.startswith("node 127.0.0.1 (")]
+    assert cluster.status == "ok" and "3 node(s) alive, 2 CPUs, 0 GPUs" in cluster.detail
+    assert sorted(c.status for c in nodes) == ["info", "ok", "ok"]  # the head has no CPU: no jobs run there
+    assert all(f"dhgen {dhgen.__version__}" in c.detail and "torch" in c.detail for c in nodes)
+
+    result = CliRunner().invoke(app, ["doctor", "--json", "--out", str(tmp_path), "--ray-address", ray_cluster.address])
+    assert result.exit_code == EXIT_READY, result.output
+    assert sum(c["name"].startswith("node ") for c in json.loads(result.output)["checks"]) == 3
+
+
+def test_a_ray_cluster_that_cannot_be_reached_fails_the_report_with_a_hint(tmp_path):
+    def unreachable(address):
+        raise UsageError(f"cannot reach the Ray cluster at {address}: Connection refused", hint="check the address")
+
+    report = run_doctor(tmp_path, Probes(ray=unreachable), ray_address="10.9.9.9:6379")
+    assert report.exit_code == EXIT_NOT_READY and status_of(report, "ray cluster") == "fail"
+    assert "hint: check the address" in "\n".join(report.lines())
+    assert report.verdict() == "verdict: NOT READY, missing: ray cluster"

@@ -64,6 +64,7 @@ def test_a_run_is_counted(tmp_path):
         metrics({"event": "job_started", "job_id": "a", "attempt": 1})
         metrics({"event": "job_started", "job_id": "b", "attempt": 1})
         metrics(crashed("WorkerCrashed", job_ids=["a", "b"], worker=0, action="worker replaced"))
+        metrics(crashed("WorkerCrashed", job_id="a", action="2 batch(es) replayed"))  # Ray: a job's note of it
         metrics(crashed("Stalled", job_id="b", action="retrying in 1.0s (attempt 2)"))
         metrics({"event": "job_started", "job_id": "b", "attempt": 2})
         middle = parse_prometheus(path.read_text())
@@ -88,7 +89,8 @@ def test_a_run_is_counted(tmp_path):
     assert statuses == {"succeeded": 2, "failed": 1, "skipped": 1, "running": 0, "pending": 0}
     assert value(last, "dhgen_frames_rendered_total") == 200  # outputs written by this run, not skipped ones
     assert value(last, "dhgen_retries_total") == 1
-    assert value(last, "dhgen_worker_crashes_total") == 1
+    assert value(last, "dhgen_worker_crashes_total") == 1  # one death, whatever the jobs it hit say
+    assert value(last, "dhgen_incidents_total", type="WorkerCrashed") == 2
     assert value(last, "dhgen_stalls_total") == 2  # the retried stall and the final one
     assert value(last, "dhgen_incidents_total", type="Stalled") == 2
     assert value(last, "dhgen_last_success_timestamp_seconds") == 0  # never succeeded yet

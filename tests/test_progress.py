@@ -144,6 +144,47 @@ def test_rich_overall_line_and_summary_table():
     assert "skipped" in summary
 
 
+def test_a_cluster_run_shows_each_jobs_node_and_each_workers_node_and_device():
+    node_a, node_b = {"node": "10.0.0.5", "node_id": "abcdef1234"}, {"node": "10.0.0.6", "node_id": "98765432ff"}
+    events = [
+        {"event": "run_started", "jobs": 2},
+        {"event": "job_started", "job_id": "welcome", "attempt": 1, "pid": 101, **node_a},
+        {"event": "job_started", "job_id": "news", "attempt": 1, "pid": 102, **node_b},
+        {"event": "worker_started", "worker": 0, "pid": 100, "device": "cuda:0", **node_a},
+        {"event": "job_progress", "job_id": "welcome", "attempt": 1, "fps": 48.5, **WELCOME_COUNTERS, **node_a},
+    ]
+    console = Console(file=io.StringIO(), force_terminal=True, width=120)
+    with RichProgress(console, FakeClock(), auto_refresh=False) as display:
+        for event in events:
+            display(event)
+        shown = plain_text(console)
+    last_frame = shown[shown.rindex("done") :]
+    assert "10.0.0.5 (abcdef12)" in next(line for line in last_frame.splitlines() if "welcome" in line)
+    assert "10.0.0.6 (98765432)" in next(line for line in last_frame.splitlines() if " news " in line)
+    worker = next(line for line in last_frame.splitlines() if "cuda:0" in line)
+    assert worker.split()[:6] == ["0", "10.0.0.5", "(abcdef12)", "100", "cuda:0", "0"]
+
+    out = io.StringIO()
+    plain = PlainProgress(out, FakeClock(), heartbeat_s=1.0, heartbeat_thread=False)
+    for event in events:
+        plain(event)
+    plain.view.clock.advance(2.0)
+    plain.tick()
+    text = out.getvalue()
+    assert "job welcome: started (attempt 1, pid 101, node 10.0.0.5 (abcdef12))" in text
+    assert "worker 0: ready on cuda:0 (pid 100, node 10.0.0.5 (abcdef12))" in text
+    assert "job news: still running, node 10.0.0.6 (98765432), starting, 2.0s in attempt 1" in text
+
+
+def test_a_local_run_has_no_node_column():
+    console = Console(file=io.StringIO(), force_terminal=True, width=100)
+    with RichProgress(console, FakeClock(), auto_refresh=False) as display:
+        for event in run_events():
+            display(event)
+        shown = plain_text(console)
+    assert "node" not in shown[shown.rindex("done") :].split("welcome")[0]
+
+
 # --- plain -------------------------------------------------------------------------------------------------------
 
 

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import av
 import pytest
-from conftest import FIXTURES
+from conftest import FIXTURES, EventWatcher, frame_digests
 
 from dhgen.encoders import probe
 from dhgen.executors.inprocess import InProcessExecutor
@@ -29,36 +27,6 @@ AVATAR = FIXTURES / "avatar.mp4"
 DHGEN = [sys.executable, "-m", "dhgen.cli"]
 
 
-class EventWatcher:
-    """Collects events from the supervisor; a background thread can wait for one and act (kill, stop)."""
-
-    def __init__(self) -> None:
-        self.events: list[dict] = []
-        self._cond = threading.Condition()
-
-    def __call__(self, event: dict) -> None:
-        with self._cond:
-            self.events.append({**event, "_t": time.monotonic()})
-            self._cond.notify_all()
-
-    def wait_for(self, predicate, timeout: float = 60.0) -> dict:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for event in self.events:
-                    if predicate(event):
-                        return event
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError("event not seen")
-                self._cond.wait(left)
-
-    def act(self, action) -> threading.Thread:
-        thread = threading.Thread(target=action, daemon=True)
-        thread.start()
-        return thread
-
-
 def _jobs(tmp_path: Path, n: int, audio: Path = AUDIO) -> list[Job]:
     return [Job(f"j{i}", audio, AVATAR, tmp_path / f"j{i}.mp4") for i in range(n)]
 
@@ -70,12 +38,6 @@ def _run(tmp_path, job_list, watcher, **run_kw):
 
 def _progress_of(job_id: str, at_least: int = 1):
     return lambda e: e["event"] == "job_progress" and e["job_id"] == job_id and e.get("decoded", 0) >= at_least
-
-
-def _frame_digests(path: Path) -> list[str]:
-    with av.open(str(path)) as container:
-        assert [s.type for s in container.streams] == ["video", "audio"]
-        return [hashlib.md5(f.to_ndarray(format="rgb24").tobytes()).hexdigest() for f in container.decode(video=0)]
 
 
 def _children_of(pid: int) -> list[int]:
@@ -126,7 +88,7 @@ def test_killed_worker_is_replaced_and_every_job_succeeds(tmp_path):
         executor=InProcessExecutor(options),
     )
     for r in summary.records:
-        assert _frame_digests(Path(r.output)) == _frame_digests(reference)
+        assert frame_digests(Path(r.output)) == frame_digests(reference)
     # The records say so too: the frames handed to the encoder hash the same in every process, replay or not.
     reference_digest = json.loads((tmp_path / "ref" / "results.jsonl").read_text())["frames_digest"]
     assert [r.frames_digest for r in summary.records] == [reference_digest] * 2

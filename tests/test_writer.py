@@ -14,7 +14,7 @@ import pytest
 from dhgen.encoders import probe
 from dhgen.errors import AudioDecodeError, EncodeError, HardwareEncodeError, MissingInputError, OutputError
 from dhgen.options import EncodeOptions
-from dhgen.writer import VideoWriter, aac_rate
+from dhgen.writer import VideoWriter, aac_rate, write_file_atomically
 
 W, H = 64, 48
 
@@ -362,3 +362,26 @@ def test_an_encoder_failing_mid_stream_is_an_encode_error_not_an_output_error(tm
     assert "libx264 failed encoding frame 7: End of file" in error.message
     assert isinstance(error.__cause__, av.error.FFmpegError)
     assert target.read_bytes() == b"previous render" and leftovers(tmp_path) == []
+
+
+def test_bytes_rendered_elsewhere_are_written_whole_or_not_at_all(tmp_path):
+    """What the Ray driver does with an output that a node rendered: temp file, fsync, rename."""
+    target = tmp_path / "out.mp4"
+    target.write_bytes(b"previous render")
+    write_file_atomically(target, b"new render" * 1000)
+    assert target.read_bytes() == b"new render" * 1000 and leftovers(tmp_path) == []
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a full disk: the write fails with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
+    try:
+        with pytest.raises(OutputError) as info:
+            write_file_atomically(target, b"x" * (1 << 20))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)
+    assert str(target) in info.value.message and info.value.hint
+    assert target.read_bytes() == b"new render" * 1000 and leftovers(tmp_path) == []
+
+    with pytest.raises(OutputError, match="No such file or directory"):
+        write_file_atomically(tmp_path / "no" / "such" / "out.mp4", b"data")

@@ -3,11 +3,14 @@
     runner (lock, manifest, --resume, result log, events)
         │  executor.run(jobs, fingerprints, emit) -> JobRecord per job
         ├─ InProcessExecutor  dhgen.executors.inprocess   one job after another in this process (tests, simple API)
-        └─ Supervisor         dhgen.executors.local       job processes + inference workers on this machine
+        ├─ Supervisor         dhgen.executors.local       job processes + inference workers on this machine
+        └─ RayExecutor        dhgen.executors.raycluster  job tasks + inference actors on the nodes of a Ray cluster
 
 Whatever runs a job, it renders the same frames through `dhgen.pipeline.render_job`, fills its record with
 `dhgen.results` (new_record / fill_outcome), decides retries with `dhgen.retry.RetryPolicy` and reports with
-`dhgen.events`, so the record fields, the typed errors and the exit code do not depend on the executor.
+`dhgen.events`, and judges liveness with `dhgen.liveness`, so the record fields, the typed errors and the exit
+code do not depend on the executor. `shares` (threads per process) and `stopping` (SIGINT/SIGTERM) serve the
+executors that start processes.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol
 
+from dhgen.errors import UsageError
 from dhgen.events import EventFn
 from dhgen.manifest import Job
 from dhgen.options import RenderOptions, RunOptions
@@ -26,7 +30,17 @@ class Executor(Protocol):
 
 
 def make_executor(options: RenderOptions, run: RunOptions) -> Executor:
-    """The executor `run.executor` names ("local" by default)."""
+    """The executor `run.executor` names: "local" (the default) or "ray". UsageError for another name, or for
+    "ray" without Ray installed."""
+    if run.executor == "ray":
+        from dhgen.executors.raycluster.cluster import import_ray
+
+        import_ray(run.ray_address)
+        from dhgen.executors.raycluster import RayExecutor
+
+        return RayExecutor(options, run)
+    if run.executor != "local":
+        raise UsageError(f"unknown executor {run.executor!r}", hint="use local or ray")
     from dhgen.executors.local import Supervisor
 
     return Supervisor(options, run)

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from dhgen.errors import UsageError
+from dhgen.executors.shares import limit_threads
 
 PR_SET_PDEATHSIG = 1
 CRASH_TAIL_LINES = 20
@@ -68,15 +69,7 @@ def init_child(parent_pid: int, crash_path: Path, threads: int) -> None:
     crash_file = open(crash_path, "w")  # noqa: SIM115 - kept open for the life of the process
     faulthandler.enable(crash_file, all_threads=True)
     sys.stderr = crash_file  # uncaught Python errors and warnings land there too
-    _limit_threads(threads)
-
-
-def _limit_threads(threads: int) -> None:
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(threads)
-    import cv2
-
-    cv2.setNumThreads(threads)
+    limit_threads(threads)
 
 
 def describe_exit(exitcode: int | None) -> tuple[str, str | None]:

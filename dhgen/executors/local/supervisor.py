@@ -34,9 +34,7 @@ from pathlib import Path
 
 from dhgen import events
 from dhgen.errors import (
-    Interrupted,
     JobProcessCrashed,
-    JobTimeout,
     OutOfMemory,
     Stalled,
     UsageError,
@@ -54,6 +52,9 @@ from dhgen.executors.local.children import (
 )
 from dhgen.executors.local.jobproc import job_main
 from dhgen.executors.local.workerproc import worker_main
+from dhgen.executors.shares import job_threads, worker_threads
+from dhgen.executors.stopping import StopSignals
+from dhgen.liveness import PROGRESS_EVERY_S, AttemptProgress, Limits
 from dhgen.manifest import Job
 from dhgen.models import get_spec
 from dhgen.options import RenderOptions, RunOptions, job_options
@@ -64,7 +65,6 @@ from dhgen.writer import temp_path_for
 log = logging.getLogger(__name__)
 
 TICK_S = 0.25  # how often timers are checked when nothing happens
-PROGRESS_EVERY_S = 1.0  # job_progress events per job at most this often
 WORKER_DISPATCH_DEPTH = 2  # batches queued on a worker at once, so it never waits for the next
 MAX_FRUITLESS_RESTARTS = 3  # workers that die before serving anything, in a row, before giving up
 STOP_GRACE_S = 3.0  # after SIGTERM to children, before SIGKILL
@@ -97,11 +97,8 @@ class _JobProcess:
 @dataclass
 class _Attempt:
     process: _JobProcess
-    started: float
-    last_activity: float
-    rendering: bool = False  # frames have started to flow (before that the startup allowance applies)
+    progress: AttemptProgress
     outstanding: set = field(default_factory=set)
-    last_event: float = 0.0
     ended_as: dict | None = None  # set when the supervisor killed it (stall, timeout)
 
     @property
@@ -121,7 +118,6 @@ class _Slot:
     running: _Attempt | None = None
     not_before: float = 0.0
     finished: bool = False
-    counters: dict = field(default_factory=dict)
     t0: float = 0.0
 
 
@@ -148,6 +144,7 @@ class Supervisor:
         self.options, self.run_options = options, run
         self._ctx = mp.get_context("spawn")
         self._retry = RetryPolicy(run.retries, run.backoff_s)
+        self._limits = Limits.of(run)
         self._cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
     # --- the loop ---------------------------------------------------------------------------------------------
@@ -165,22 +162,21 @@ class Supervisor:
         self._inbox = Inbox()
         self._tmp = Path(tempfile.mkdtemp(prefix="dhgen-run-"))
         self._dispatch_seq, self._fruitless, self._fatal = 0, 0, None
-        self._signal = None
-        previous = self._install_signal_handlers()
+        self._stop = StopSignals(self._kill_children_now)
+        self._stop.__enter__()
         try:
             for index, device in enumerate(self._worker_devices()):
                 self._start_worker(index, device)
             yield from self._loop()
         finally:
             self._stop_everything()
-            self._restore_signal_handlers(previous)
+            self._stop.__exit__()
             self._inbox.close()
             shutil.rmtree(self._tmp, ignore_errors=True)
 
     def _loop(self) -> Iterator[JobRecord]:
         while not all(slot.finished for slot in self._slots.values()):
-            if self._signal is not None:
-                raise Interrupted(self._signal)
+            self._stop.check()
             self._start_due_jobs()
             self._dispatch()
             wait([self._inbox.wake_r, *self._sentinels()], timeout=TICK_S)
@@ -208,19 +204,11 @@ class Supervisor:
         return [device] * (count or 1)
 
     def _threads(self, device: str | None = None) -> int:
-        """A share of the cores per process, so N processes with 'all cores' defaults do not oversubscribe.
-
-        Job processes (device None) split the cores, at least 2 threads each: an x264 writer with one thread
-        leaves a core idle while it waits (4 jobs x 10 s, --jobs 2 on 2 cores: 8.4 s wall with 1 thread per job,
-        7.9 s with 2, 9.1 s with 3). A GPU worker only feeds its GPU; a CPU worker gets half the cores, or all of
-        them for a model that is slower than the encoders (wav2lip).
-        """
+        """This machine's cores shared between the job processes (device None) and the workers (`shares`)."""
         jobs = max(1, min(self.run_options.jobs, len(self._slots)))
         if device is None:
-            return max(2, self._cores // jobs)
-        if device.startswith(("cuda", "auto")):  # "auto:N" only when a GPU is visible
-            return max(1, self._cores // (jobs + 1))
-        return self._cores if get_spec(self.options.model.name).cpu_bound else max(1, self._cores // 2)
+            return job_threads(self._cores, jobs)
+        return worker_threads(self._cores, jobs, device, get_spec(self.options.model.name).cpu_bound)
 
     def _spawn(self, kind: str, index: int, target, args: tuple, threads: int):
         """Start a child; its messages arrive in the inbox under a key no other child ever had."""
@@ -256,7 +244,6 @@ class Supervisor:
     def _start_attempt(self, slot: _Slot) -> None:
         slot.attempt_no += 1
         slot.record.attempts = slot.attempt_no
-        slot.counters = {}
         if slot.attempt_no == 1:
             slot.t0 = time.monotonic()
             slot.record.started_at = utc_now()
@@ -264,7 +251,7 @@ class Supervisor:
         process.slot = slot
         process.channel.send(("job", slot.job, job_options(self.options, slot.job, slot.record.errors)))
         now = time.monotonic()
-        slot.running = _Attempt(process, started=now, last_activity=now)
+        slot.running = _Attempt(process, AttemptProgress(started=now, last_activity=now))
         self._emit(events.job_started(slot.job.id, slot.attempt_no, process.proc.pid))
 
     def _idle_job_process(self) -> _JobProcess | None:
@@ -295,7 +282,7 @@ class Supervisor:
     def _on_job_message(self, slot: _Slot, message) -> None:
         kind = message[0]
         attempt = slot.running
-        attempt.last_activity = time.monotonic()
+        attempt.progress.last_activity = time.monotonic()
         if kind == "infer":
             _, ticket, batch = message
             if self._fatal is not None:
@@ -305,10 +292,7 @@ class Supervisor:
             self._queue.append(_Item(slot.job.id, slot.attempt_no, ticket, batch))
         elif kind == "progress":
             _, counter, value = message
-            new_stage = counter not in slot.counters
-            slot.counters[counter] = value
-            attempt.rendering = attempt.rendering or counter == "decoded"
-            self._emit_progress(slot, force=new_stage)
+            self._emit_progress(slot, force=attempt.progress.count(counter, value, time.monotonic()))
         elif kind == "done":
             fill_outcome(slot.record, message[1])
             self._end_attempt(slot)
@@ -351,20 +335,14 @@ class Supervisor:
         if slot.running is None or slot.attempt_no != item.attempt:
             return  # the attempt that asked is gone
         slot.running.outstanding.discard(item.ticket)
-        slot.running.last_activity = time.monotonic()
+        slot.running.progress.last_activity = time.monotonic()
         slot.running.channel.send(message)
 
     def _emit_progress(self, slot: _Slot, force: bool) -> None:
-        """A job_progress event when a stage starts or ends, else at most every PROGRESS_EVERY_S."""
         now = time.monotonic()
-        attempt = slot.running
-        done = slot.counters.get("encoded") == slot.counters.get("total")
-        if not (force or done) and now - attempt.last_event < PROGRESS_EVERY_S:
-            return
-        attempt.last_event = now
-        elapsed = max(1e-6, now - attempt.started)
-        fps = slot.counters.get("encoded", 0) / elapsed
-        self._emit(events.job_progress(slot.job.id, slot.attempt_no, slot.counters, fps))
+        progress = slot.running.progress
+        if progress.event_due(now, force):
+            self._emit(events.job_progress(slot.job.id, slot.attempt_no, progress.counters, progress.fps(now)))
 
     # --- batches -----------------------------------------------------------------------------------------------
 
@@ -467,30 +445,19 @@ class Supervisor:
 
     def _check_timers(self) -> None:
         now = time.monotonic()
-        run = self.run_options
         for worker in self._workers.values():
-            allowance = run.stall_timeout if worker.ready else max(run.stall_timeout, run.startup_timeout)
-            waiting = worker.in_flight or not worker.ready
-            if waiting and not worker.stalled and now - worker.last_reply > allowance:
+            stalled = self._limits.worker_stalled(now, worker.last_reply, worker.ready, bool(worker.in_flight))
+            if stalled and not worker.stalled:
                 worker.stalled = True
                 worker.proc.kill()
         for slot in self._slots.values():
             attempt = slot.running
             if attempt is None or attempt.ended_as is not None:
                 continue
-            if run.job_timeout and now - attempt.started > run.job_timeout:
-                self._kill_attempt(slot, JobTimeout(f"job {slot.job.id} took longer than {run.job_timeout:g}s"))
-                continue
-            allowance = run.stall_timeout if attempt.rendering else max(run.stall_timeout, run.startup_timeout)
-            if not attempt.outstanding and now - attempt.last_activity > allowance:
-                stage = _stalled_stage(slot.counters)
-                self._kill_attempt(
-                    slot,
-                    Stalled(
-                        f"job {slot.job.id}: {stage} made no progress for "
-                        f"{run.stall_timeout:g}s (pid {attempt.proc.pid}); killed"
-                    ),
-                )
+            where = f"pid {attempt.proc.pid}"
+            verdict = self._limits.attempt_verdict(slot.job.id, attempt.progress, now, bool(attempt.outstanding), where)
+            if verdict is not None:
+                self._kill_attempt(slot, verdict)
 
     def _kill_attempt(self, slot: _Slot, error) -> None:
         attempt = slot.running
@@ -506,7 +473,7 @@ class Supervisor:
 
     def _attempt_failed(self, slot: _Slot, error: dict) -> None:
         slot.record.errors.append(error)
-        if self._signal is None and self._retry.should_retry(error, slot.attempt_no, slot.record.errors):
+        if self._stop.signum is None and self._retry.should_retry(error, slot.attempt_no, slot.record.errors):
             delay = self._retry.delay(slot.attempt_no)
             slot.not_before = time.monotonic() + delay
             action = f"retrying in {delay:.1f}s (attempt {slot.attempt_no + 1})"
@@ -538,25 +505,6 @@ class Supervisor:
             self._deliver(item, ("infer_failed", item.ticket, record))
 
     # --- stopping ----------------------------------------------------------------------------------------------
-
-    def _install_signal_handlers(self):
-        if mp.current_process().name != "MainProcess" or not _in_main_thread():
-            return None
-        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-
-        def on_signal(signum, frame):
-            if self._signal is not None and signum == signal.SIGINT:
-                self._kill_children_now()
-                os._exit(130)
-            self._signal = signum
-
-        for s in previous:
-            signal.signal(s, on_signal)
-        return previous
-
-    def _restore_signal_handlers(self, previous) -> None:
-        for s, handler in (previous or {}).items():
-            signal.signal(s, handler)
 
     def _stop_everything(self) -> None:
         """Stop children: idle ones politely, busy ones with SIGTERM, stragglers with SIGKILL; remove partials."""
@@ -595,12 +543,6 @@ def _refuse_rerun_main(child) -> None:
         raise UsageError(NO_MAIN_GUARD, hint=NO_MAIN_GUARD_HINT)
 
 
-def _stalled_stage(counters: dict) -> str:
-    if "decoded" not in counters:
-        return "preparation (audio, avatar, face tracking)"
-    return "encoding" if counters.get("inferred", 0) > counters.get("encoded", 0) else "decoding"
-
-
 def _signal_quietly(proc, signum) -> None:
     try:
         if proc.pid and proc.exitcode is None:
@@ -616,12 +558,6 @@ def _remove_partial(output: Path, pid: int | None) -> None:
             temp_path_for(Path(output), pid).unlink(missing_ok=True)
         except OSError:  # e.g. the output's folder is a file: the job never got to write anything
             pass
-
-
-def _in_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 def visible_gpu_count() -> int:

@@ -4,7 +4,7 @@ From the supervisor: ("batch", dispatch_id, [CropBatch, ...]) or ("stop",). To i
 ("result", dispatch_id, [PatchBatch, ...]), ("oom", {batch_size, message}) when it halves its batch size after
 an out-of-memory error, ("error", dispatch_id, record) when a batch raised, ("fatal", record) when the model
 cannot be loaded (the worker then exits). Crops from several jobs are run as one forward pass, in slices of at
-most the current batch size (`dhgen.serving`).
+most the current batch size (`dhgen.serving`). A worker whose CUDA context breaks exits (code 70) to be replaced.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from dhgen.errors import failure_record
 from dhgen.executors.local.children import init_child
 from dhgen.models import merge_batches, split_patches
 from dhgen.options import ModelOptions
-from dhgen.serving import AdaptivePredictor, load_for_serving
+from dhgen.serving import AdaptivePredictor, context_broken, load_for_serving
+
+EXIT_CONTEXT_BROKEN = 70  # the CUDA context is broken: the process ends so that a fresh one replaces it
 
 
 def worker_main(conn: Connection, options: ModelOptions, parent_pid: int, crash_path: Path, threads: int) -> None:
@@ -49,6 +51,8 @@ def _serve(conn: Connection, predictor: AdaptivePredictor) -> None:
         try:
             result = predictor.predict(merge_batches(batches))
         except Exception as exc:  # noqa: BLE001 - the jobs that sent this batch get the error
+            if context_broken(exc):
+                os._exit(EXIT_CONTEXT_BROKEN)  # replaced by the supervisor, which replays the batch
             conn.send(("error", dispatch_id, failure_record(exc)))
             continue
         conn.send(("result", dispatch_id, split_patches(result, [len(b) for b in batches])))

@@ -1,0 +1,435 @@
+"""The Ray executor on a real multi-node Ray cluster on this machine (`ray_cluster`: 127.0.0.1 only), with real
+processes killed and stopped by real signals, a node's raylet killed, and SIGTERM to a real driver process."""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from conftest import FIXTURES, RAY_NODE, EventWatcher, frame_digests, write_clip
+
+from dhgen.manifest import Job
+from dhgen.options import EncodeOptions, ModelOptions, RenderOptions, RunOptions
+from dhgen.runner import render
+
+AUDIO = FIXTURES / "speech.wav"  # 4.4 s: long enough to hit a job mid-render
+SHORT_AUDIO = FIXTURES / "speech.m4a"  # 2 s
+AVATAR = FIXTURES / "avatar.mp4"
+DHGEN = [sys.executable, "-m", "dhgen.cli"]
+OPTIONS = RenderOptions(encode=EncodeOptions(threads=2))  # the same x264 threads under both executors
+TEST_BOUND_S = 150  # a hung test ends the session with every thread's traceback
+WORK_ROOT = Path(tempfile.gettempdir()) / "dhgen-ray"
+
+
+@pytest.fixture(autouse=True)
+def _bounded():
+    faulthandler.dump_traceback_later(TEST_BOUND_S, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("clips")
+    return {"short": SHORT_AUDIO, "long": AUDIO, "part": write_clip(folder / "part.wav", 1.6, start=2.0)}
+
+
+@pytest.fixture(scope="module")
+def local_digests(clips, tmp_path_factory) -> dict[str, list[str]]:
+    """Each clip rendered by the local supervisor: the frames the Ray executor must reproduce."""
+    out = tmp_path_factory.mktemp("local")
+    jobs = [Job(name, audio, AVATAR, out / f"{name}.mp4") for name, audio in clips.items()]
+    summary = render(jobs, OPTIONS, RunOptions(out_dir=out, jobs=2))
+    assert [r.status for r in summary.records] == ["succeeded"] * len(jobs)
+    return {r.job_id: frame_digests(Path(r.output)) for r in summary.records}
+
+
+def _jobs(tmp_path: Path, n: int, audio: Path = SHORT_AUDIO) -> list[Job]:
+    return [Job(f"j{i}", audio, AVATAR, tmp_path / f"j{i}.mp4") for i in range(n)]
+
+
+def _ray_run(cluster, tmp_path: Path, jobs: list[Job], watcher, **run_kw):
+    run = RunOptions(
+        out_dir=tmp_path, executor="ray", ray_address=cluster.address, jobs=1, backoff_s=0.1, job_timeout=90, **run_kw
+    )
+    return render(jobs, OPTIONS, run, on_event=watcher)
+
+
+def _started(job_id: str | None = None):
+    return lambda e: e["event"] == "job_started" and (job_id is None or e["job_id"] == job_id)
+
+
+def _progress_of(job_id: str, at_least: int = 1):
+    return lambda e: e["event"] == "job_progress" and e["job_id"] == job_id and e.get("decoded", 0) >= at_least
+
+
+def _live_actors() -> list[dict]:
+    from ray._private import state
+
+    return [a for a in state.actors().values() if a["ActorClassName"] == "InferenceActor" and a["State"] != "DEAD"]
+
+
+def _wait_until(predicate, timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _no_partials(folder: Path) -> bool:
+    return not list(folder.glob("**/.*partial*"))
+
+
+def test_a_batch_renders_across_the_nodes_frame_for_frame_like_the_local_executor(
+    ray_cluster, tmp_path, clips, local_digests
+):
+    work_before = set(WORK_ROOT.glob("*")) if WORK_ROOT.exists() else set()
+    jobs = [Job(name, audio, AVATAR, tmp_path / f"{name}.mp4") for name, audio in clips.items()]
+    watcher = EventWatcher()
+    inside = {}
+
+    def look_into_a_job_process():
+        pid = watcher.wait_for(_started())["pid"]
+        watcher.wait_for(lambda e: e["event"] == "job_progress" and e.get("decoded"))
+        inside["maps"] = Path(f"/proc/{pid}/maps").read_text()
+
+    watcher.act(look_into_a_job_process)
+    summary = _ray_run(ray_cluster, tmp_path, jobs, watcher)
+
+    assert sorted((r.job_id, r.status, r.attempts, r.errors) for r in summary.records) == sorted(
+        (name, "succeeded", 1, []) for name in clips
+    )
+    for record in summary.records:
+        assert frame_digests(Path(record.output)) == local_digests[record.job_id], record.job_id
+        assert record.frames == len(local_digests[record.job_id]) and record.encoder["name"] == "libx264"
+    started = [e for e in watcher.events if e["event"] == "job_started"]
+    assert all(e["node"] == "127.0.0.1" and e["pid"] for e in started)
+    assert len({e["node_id"] for e in started}) == 2  # both worker nodes rendered
+    workers = [e for e in watcher.events if e["event"] == "worker_started"]
+    assert len(workers) == 2 and {e["device"] for e in workers} == {"cpu"}
+    assert {e["node_id"] for e in workers} == {e["node_id"] for e in started}  # jobs ran beside their actor
+    assert all("node" in e for e in watcher.events if e["event"] == "job_progress")
+    assert "libav" in inside["maps"] and "libtorch" not in inside["maps"]  # a job task never loads torch
+    _wait_until(lambda: not _live_actors(), 10, "the run's actors to go")
+    assert _no_partials(tmp_path)
+    assert (set(WORK_ROOT.glob("*")) if WORK_ROOT.exists() else set()) == work_before  # node temp folders removed
+
+
+def test_sigkill_of_the_ray_worker_running_a_job_costs_that_job_an_attempt(ray_cluster, tmp_path):
+    watcher = EventWatcher()
+    killed = {}
+
+    def kill_job():
+        killed["pid"] = pid = watcher.wait_for(_started("j0"))["pid"]
+        watcher.wait_for(_progress_of("j0"))
+        os.kill(pid, signal.SIGKILL)
+
+    watcher.act(kill_job)
+    summary = _ray_run(ray_cluster, tmp_path, _jobs(tmp_path, 2, AUDIO), watcher)
+
+    by_id = {r.job_id: r for r in summary.records}
+    assert by_id["j0"].status == "succeeded" and by_id["j0"].attempts == 2
+    (crash,) = by_id["j0"].errors
+    assert crash["type"] == "JobProcessCrashed" and crash["retryable"] and crash["hint"]
+    assert crash["pid"] == killed["pid"] and str(killed["pid"]) in crash["message"]
+    assert crash["node"] == "127.0.0.1" and crash["node_id"][:8] in crash["message"]
+    assert by_id["j1"].status == "succeeded" and by_id["j1"].attempts == 1 and by_id["j1"].errors == []
+    assert _no_partials(tmp_path)
+
+
+def test_sigkill_of_an_inference_actor_is_absorbed_by_replaying_its_batches(ray_cluster, tmp_path, local_digests):
+    watcher = EventWatcher()
+    killed = {}
+
+    def kill_actor_mid_batch():
+        killed["pid"] = pid = watcher.wait_for(lambda e: e["event"] == "worker_started")["pid"]
+        os.kill(pid, signal.SIGSTOP)  # it takes its jobs' first batches and holds them: the kill lands mid-batch
+        time.sleep(1.5)
+        os.kill(pid, signal.SIGKILL)
+
+    watcher.act(kill_actor_mid_batch)
+    summary = _ray_run(ray_cluster, tmp_path, _jobs(tmp_path, 2), watcher)
+
+    assert [r.status for r in summary.records] == ["succeeded", "succeeded"]
+    assert all(r.attempts == 1 for r in summary.records)
+    crashes = [e for r in summary.records for e in r.errors if e["type"] == "WorkerCrashed"]
+    assert crashes and all(e["replayed"] >= 1 and e["retryable"] and e["node"] == "127.0.0.1" for e in crashes)
+    assert all(e["replacement_pid"] != killed["pid"] for e in crashes)  # answered by the restarted actor
+    deaths = [e for e in watcher.events if e["event"] == "incident" and "worker" in e]
+    assert len(deaths) == 1 and deaths[0]["error"]["type"] == "WorkerCrashed"
+    assert deaths[0]["error"]["pid"] == killed["pid"] and f"pid {killed['pid']}" in deaths[0]["error"]["message"]
+    for r in summary.records:  # replayed batches make the same frames
+        assert frame_digests(Path(r.output)) == local_digests["short"]
+
+
+def test_a_node_that_dies_mid_batch_costs_its_jobs_an_attempt_on_the_remaining_node(ray_cluster, tmp_path):
+    watcher = EventWatcher()
+    removed = {}
+
+    def kill_a_node():
+        node_id = watcher.wait_for(_started())["node_id"]
+        job_id = next(e["job_id"] for e in watcher.events if e["event"] == "job_started")
+        watcher.wait_for(_progress_of(job_id))
+        (node,) = [n for n in ray_cluster.worker_nodes if n.node_id == node_id]
+        removed["node_id"] = node_id
+        ray_cluster.remove_node(node, allow_graceful=False)  # its raylet and every process of it: killed
+
+    work_before = set(WORK_ROOT.glob("*"))
+    try:
+        watcher.act(kill_a_node)
+        summary = _ray_run(ray_cluster, tmp_path, _jobs(tmp_path, 3), watcher)
+    finally:
+        _restore_two_worker_nodes(ray_cluster)
+        for left in set(WORK_ROOT.glob("*")) - work_before:  # the dead node's temp folder (this machine's /tmp)
+            shutil.rmtree(left, ignore_errors=True)
+
+    assert [r.status for r in summary.records] == ["succeeded"] * 3
+    lost = [(r, e) for r in summary.records for e in r.errors if e["type"] == "NodeLost"]
+    assert lost, [r.errors for r in summary.records]
+    for record, error in lost:
+        assert error["retryable"] and error["node_id"] == removed["node_id"] and record.attempts == 2
+        assert (
+            "127.0.0.1" in error["message"]
+            and removed["node_id"] in error["message"]
+            and record.job_id in error["message"]
+        )
+    reruns = [e for e in watcher.events if e["event"] == "job_started" and e["attempt"] == 2]
+    assert reruns and all(e["node_id"] != removed["node_id"] for e in reruns)
+
+
+def _restore_two_worker_nodes(cluster) -> None:
+    while len(cluster.worker_nodes) < 2:
+        cluster.add_node(num_cpus=1, **RAY_NODE)
+    cluster.wait_for_nodes()
+
+
+def test_a_stopped_remote_job_is_stalled_cancelled_and_retried(ray_cluster, tmp_path):
+    watcher = EventWatcher()
+    stopped = {}
+
+    def stop_job():
+        pid = watcher.wait_for(_started("j0"))["pid"]
+        watcher.wait_for(_progress_of("j0"))
+        os.kill(pid, signal.SIGSTOP)
+        stopped.update(pid=pid, t=time.monotonic())
+
+    watcher.act(stop_job)
+    try:
+        summary = _ray_run(ray_cluster, tmp_path, _jobs(tmp_path, 1, AUDIO), watcher, stall_timeout=2.0)
+    finally:
+        if stopped and _alive(stopped["pid"]):
+            os.kill(stopped["pid"], signal.SIGCONT)
+
+    (record,) = summary.records
+    assert record.status == "succeeded" and record.attempts == 2
+    (stall,) = record.errors
+    assert stall["type"] == "Stalled" and "no progress for 2s" in stall["message"] and stall["node"] == "127.0.0.1"
+    assert not _alive(stopped["pid"])  # the forced cancel ended the stopped process
+
+
+def test_a_stopped_actor_is_stalled_killed_and_restarted_and_its_jobs_go_on(ray_cluster, tmp_path, local_digests):
+    watcher = EventWatcher()
+    stopped = {}
+
+    def stop_actor():
+        stopped["pid"] = pid = watcher.wait_for(lambda e: e["event"] == "worker_started")["pid"]
+        os.kill(pid, signal.SIGSTOP)  # its jobs' batches wait on it; it reports nothing any more
+
+    watcher.act(stop_actor)
+    summary = _ray_run(ray_cluster, tmp_path, _jobs(tmp_path, 2), watcher, stall_timeout=2.0)
+
+    assert [(r.status, r.attempts) for r in summary.records] == [("succeeded", 1), ("succeeded", 1)]
+    (stall,) = [e for e in watcher.events if e["event"] == "incident" and "worker" in e]
+    assert stall["error"]["type"] == "Stalled" and "made no progress for 2s" in stall["error"]["message"]
+    assert stall["error"]["pid"] == stopped["pid"] and not _alive(stopped["pid"])
+    assert any(e["type"] == "WorkerCrashed" and e["replayed"] >= 1 for r in summary.records for e in r.errors)
+    for r in summary.records:
+        assert frame_digests(Path(r.output)) == local_digests["short"]
+
+
+def test_bad_inputs_fail_their_own_jobs_with_their_usual_types(ray_cluster, tmp_path):
+    (tmp_path / "plain").write_text("a file where the output's folder should be")
+    jobs = [
+        Job("garbage", FIXTURES / "garbage.wav", AVATAR, tmp_path / "garbage.mp4"),
+        Job("missing", tmp_path / "nowhere.wav", AVATAR, tmp_path / "missing.mp4"),
+        Job("blocked", SHORT_AUDIO, AVATAR, tmp_path / "plain" / "blocked.mp4"),
+        Job("good", SHORT_AUDIO, AVATAR, tmp_path / "good.mp4"),
+    ]
+    summary = _ray_run(ray_cluster, tmp_path, jobs, EventWatcher())
+
+    by_id = {r.job_id: r for r in summary.records}
+    assert by_id["good"].status == "succeeded"
+    garbage, missing = by_id["garbage"], by_id["missing"]
+    assert garbage.status == "failed" and garbage.attempts == 1 and garbage.error["type"] == "AudioDecodeError"
+    assert str(FIXTURES / "garbage.wav") in garbage.error["message"] and "dhgen-ray" not in garbage.error["message"]
+    assert missing.status == "failed" and missing.error["type"] == "MissingInputError" and missing.error["hint"]
+    assert str(tmp_path / "nowhere.wav") in missing.error["message"]
+    blocked = by_id["blocked"]
+    assert blocked.status == "failed" and blocked.attempts == 1 and blocked.error["type"] == "OutputError"
+    assert str(tmp_path / "plain") in blocked.error["message"]
+    assert not Path(garbage.output).exists() and not Path(missing.output).exists()
+
+
+def test_with_a_shared_filesystem_nodes_read_and_write_the_paths_themselves(
+    ray_cluster, tmp_path, clips, local_digests
+):
+    jobs = [
+        Job("part", clips["part"], AVATAR, tmp_path / "sub" / "part.mp4"),
+        Job("noface", SHORT_AUDIO, FIXTURES / "noface.mp4", tmp_path / "noface.mp4"),
+    ]
+    summary = _ray_run(ray_cluster, tmp_path, jobs, EventWatcher(), ray_shared_fs=True)
+
+    by_id = {r.job_id: r for r in summary.records}
+    assert by_id["part"].status == "succeeded"
+    assert frame_digests(tmp_path / "sub" / "part.mp4") == local_digests["part"]
+    noface = by_id["noface"]
+    assert noface.status == "failed" and noface.error["type"] == "NoFaceError"
+    assert str(FIXTURES / "noface.mp4") in noface.error["message"]
+    assert _no_partials(tmp_path)
+
+
+def test_an_actor_whose_cuda_context_breaks_ends_itself_and_is_replaced(
+    ray_cluster, tmp_path, local_digests, monkeypatch
+):
+    marker = tmp_path / "cuda-broken-once"
+    monkeypatch.setenv("DHGEN_TEST_FAULT", f"broken_cuda_once:{marker}")  # the driver hands it to its actors
+    watcher = EventWatcher()
+    summary = _ray_run(ray_cluster, tmp_path, _jobs(tmp_path, 2), watcher)
+
+    assert marker.exists()  # the fault did fire in one actor
+    assert [(r.status, r.attempts) for r in summary.records] == [("succeeded", 1), ("succeeded", 1)]
+    crashes = [e for r in summary.records for e in r.errors if e["type"] == "WorkerCrashed"]
+    assert crashes and all(e["replayed"] >= 1 for e in crashes)
+    (death,) = [e for e in watcher.events if e["event"] == "incident" and "worker" in e]
+    assert death["error"]["type"] == "WorkerCrashed" and all(
+        e["replacement_pid"] != death["error"]["pid"] for e in crashes
+    )
+    for r in summary.records:
+        assert frame_digests(Path(r.output)) == local_digests["short"]
+
+
+def test_a_model_that_cannot_be_loaded_fails_every_job_with_model_load_error(ray_cluster, tmp_path):
+    import torch  # the test process only: a real checkpoint, of another architecture (passes the up-front check)
+
+    checkpoint = tmp_path / "other.pth"
+    torch.save({"state_dict": {"module.face_encoder_blocks.0.0.submodule.weight": torch.zeros(2, 2)}}, checkpoint)
+    options = RenderOptions(model=ModelOptions(name="wav2lip", checkpoint=checkpoint))
+    run = RunOptions(out_dir=tmp_path, executor="ray", ray_address=ray_cluster.address, jobs=1, job_timeout=90)
+    summary = render(_jobs(tmp_path, 3), options, run)
+
+    assert [(r.status, r.error["type"]) for r in summary.records] == [("failed", "ModelLoadError")] * 3
+    assert all(str(checkpoint) in r.error["message"] and r.error["hint"] for r in summary.records)
+    assert all(r.attempts <= 1 for r in summary.records)  # not retried: the same weights fail everywhere
+    assert not list(tmp_path.glob("*.mp4"))
+    _wait_until(lambda: not _live_actors(), 10, "the run's actors to go")
+
+
+def _write_manifest(tmp_path: Path, n: int) -> Path:
+    manifest = tmp_path / "jobs.csv"
+    manifest.write_text("id,audio,avatar\n" + "".join(f"j{i},{SHORT_AUDIO},{AVATAR}\n" for i in range(n)))
+    return manifest
+
+
+def _records(out: Path) -> list[dict]:
+    log = out / "results.jsonl"
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def test_sigterm_to_the_driver_stops_the_run_on_the_cluster_and_resume_finishes_it(ray_cluster, tmp_path):
+    out = tmp_path / "out"
+    manifest = _write_manifest(tmp_path, 6)
+    ray_args = ["--executor", "ray", "--ray-address", ray_cluster.address, "--jobs", "1"]
+    driver = subprocess.Popen(
+        [*DHGEN, "render", str(manifest), "--out", str(out), *ray_args, "--progress", "json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_until(lambda: len(_records(out)) >= 1 or driver.poll() is not None, 90, "a first job to finish")
+        assert driver.poll() is None, driver.stderr.read()[-3000:]
+        started = time.monotonic()
+        driver.send_signal(signal.SIGTERM)
+        stdout, stderr = driver.communicate(timeout=15)
+    finally:
+        driver.kill()
+    assert driver.returncode == 143, stderr[-3000:]
+    assert time.monotonic() - started < 10
+    events = [json.loads(line) for line in stdout.splitlines()]
+    pids = {e["pid"] for e in events if e["event"] in ("job_started", "worker_started")}
+    _wait_until(lambda: not any(_alive(pid) for pid in pids), 10, "the run's processes to end")
+    _wait_until(lambda: not _live_actors(), 10, "the run's actors to go")
+    done = {r["job_id"] for r in _records(out)}
+    assert 1 <= len(done) < 6
+    assert sorted(p.name for p in out.glob("*.mp4")) == sorted(f"{j}.mp4" for j in done)
+    assert _no_partials(out)
+
+    resumed = subprocess.run(
+        [*DHGEN, "render", str(manifest), "--out", str(out), *ray_args, "--resume", "--progress", "none"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    last = {r["job_id"]: r["status"] for r in _records(out)[len(done) :]}
+    assert last == {f"j{i}": "skipped" if f"j{i}" in done else "succeeded" for i in range(6)}
+
+
+def test_the_driver_and_the_job_tasks_do_not_import_torch():
+    modules = "dhgen.executors.raycluster.executor, dhgen.executors.raycluster.jobtask, dhgen.pipeline"
+    code = f"import sys, {modules}; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert result.stdout.strip() == "False"
+
+
+def _listening(names: tuple[str, ...]) -> dict[int, set[str]]:
+    """pid -> local addresses it listens on, for processes with one of `names` (from `ss`)."""
+    out = subprocess.run(["ss", "-Htlnp"], capture_output=True, text=True, timeout=10).stdout
+    found: dict[int, set[str]] = {}
+    for line in out.splitlines():
+        for name, pid in re.findall(r'\(\("([^"]+)",pid=(\d+)', line):
+            if name in names:
+                found.setdefault(int(pid), set()).add(line.split()[3].rsplit(":", 1)[0])
+    return found
+
+
+def test_without_an_address_a_private_ray_on_127_0_0_1_runs_the_batch_and_is_gone_after(tmp_path):
+    ours = ("gcs_server", "raylet")
+    before = set(_listening(ours))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    cmd = [*DHGEN, "render", "--audio", str(SHORT_AUDIO), "--avatar", str(AVATAR), "-o", str(tmp_path / "o.mp4")]
+    driver = subprocess.Popen(
+        [*cmd, "--executor", "ray", "--progress", "none"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    seen: dict[int, set[str]] = {}
+    try:
+        while driver.poll() is None:
+            for pid, addresses in _listening(ours).items():
+                if pid not in before:
+                    seen.setdefault(pid, set()).update(addresses)
+            time.sleep(0.5)
+        stderr = driver.communicate(timeout=120)[1]
+    finally:
+        driver.kill()
+    assert driver.returncode == 0, stderr[-3000:]
+    assert frame_digests(tmp_path / "o.mp4")
+    assert seen and all(a in ("127.0.0.1", "[::ffff:127.0.0.1]") for addresses in seen.values() for a in addresses)
+    _wait_until(lambda: not any(_alive(pid) for pid in seen), 15, "the private Ray to stop")
