@@ -384,18 +384,22 @@ def random_crop_batch(name: str, batch: int, seed: int = 0):
         cond = rng.uniform(-4, 4, (batch, 80, 16)).astype(np.float32)
     else:
         cond = rng.random(batch).astype(np.float32)
+    if spec.backend == "numpy":  # one reference for the batch, as a job sends it (its geometry is cached)
+        return CropBatch(crops, crops[:1].copy(), cond)
     return CropBatch(crops, crops[::-1].copy(), cond)
 
 
 def model_fps(predictor, name: str, batch: int, seconds: float = 2.0, forward_only: bool = False) -> float:
     """Frames/s of a loaded dhgen predictor at `batch`: `predict()` (numpy in and out, host<->device copies
     included), or with `forward_only` the model's forward on tensors already on the device (fp16 autocast on
-    CUDA, as `Predictor` runs it)."""
+    CUDA, as `Predictor` runs it). A numpy model (no tensors, no device) has only `predict()`."""
     import contextlib
 
+    cb = random_crop_batch(name, batch)
+    if not hasattr(predictor, "model"):
+        return _rate(lambda: predictor.predict(cb), batch, seconds, lambda: None)
     import torch
 
-    cb = random_crop_batch(name, batch)
     device = predictor.device
     cuda = device.type == "cuda"
     if forward_only:
@@ -411,6 +415,10 @@ def model_fps(predictor, name: str, batch: int, seconds: float = 2.0, forward_on
             predictor.predict(cb)
 
     sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
+    return _rate(step, batch, seconds, sync)
+
+
+def _rate(step, batch: int, seconds: float, sync) -> float:
     for _ in range(3):
         step()
     sync()
@@ -423,10 +431,10 @@ def model_fps(predictor, name: str, batch: int, seconds: float = 2.0, forward_on
 
 
 def load_model(name: str, device: str, checkpoint: Path | None, batch: int):
-    from dhgen.inference import load_predictor
     from dhgen.options import ModelOptions
+    from dhgen.serving import load_model as load
 
-    return load_predictor(ModelOptions(name=name, checkpoint=checkpoint, device=device, batch_size=batch))
+    return load(ModelOptions(name=name, checkpoint=checkpoint, device=device, batch_size=batch))
 
 
 def prime_face_cache(avatar: Path, xdg: Path) -> None:

@@ -103,7 +103,9 @@ def test_killed_worker_is_replaced_and_every_job_succeeds(tmp_path):
     def kill_worker_mid_batch():
         pid = watcher.wait_for(lambda e: e["event"] == "worker_started")["pid"]
         os.kill(pid, signal.SIGSTOP)  # it takes the jobs' first batches and holds them: the kill lands mid-batch
-        time.sleep(1.5)
+        for job_id in ("j0", "j1"):  # (the worker starts in milliseconds: wait until both jobs have sent some)
+            watcher.wait_for(_progress_of(job_id))
+        time.sleep(0.5)
         os.kill(pid, signal.SIGKILL)
 
     watcher.act(kill_worker_mid_batch)
