@@ -56,7 +56,7 @@ SEAM_KERNEL = 0.10  # dark lines thinner than this (the seam) stand out in a bla
 TEETH_REACH = 0.11  # upper teeth seen in the reference below its seam, at most this tall
 
 # --- motion at openness 1, in fractions of the crop side ---------------------------------------------------------
-JAW_DROP = 0.12  # the lower lip moves down this far
+JAW_DROP = 0.13  # the lower lip moves down this far
 LIP_RAISE = 0.025  # the upper lip moves up this far
 JAW_HALF_WIDTH = 0.26  # below the lower lip the motion fades sideways like exp(-(dx / JAW_HALF_WIDTH)^2)
 LOWER_LIP = 0.07  # below the seam this band moves rigidly with the lip ...
@@ -66,12 +66,12 @@ SLIT_PROFILE, ROUND_PROFILE = 1.6, 0.55  # lateral profile exponent of the openi
 
 # --- the inside, as multiples of the face's local skin colour (BGR), so it is lit and tinted like the face -----
 CAVITY = (0.20, 0.20, 0.35)  # back of the mouth: a dark red of this face
-TONGUE = (0.50, 0.52, 0.86)
+TONGUE = (0.60, 0.60, 0.92)
 TEETH = (0.86, 0.93, 0.96)  # of the skin's luminance (teeth are not skin coloured), slightly warm
 TEETH_HEIGHT = 0.034  # painted upper teeth when the mouth is wide open (less when it is small)
 TEETH_HALF_WIDTH = 0.70  # the teeth arch spans this share of the mouth's width
-TONGUE_HEIGHT = 0.45  # share of the opening's height the tongue rises into, at openness 1 ...
-TONGUE_HALF_WIDTH = 0.55  # ... over this share of the mouth's width
+TONGUE_HEIGHT = 0.5  # share of the opening's height the tongue rises into, at openness 1 ...
+TONGUE_HALF_WIDTH = 0.6  # ... over this share of the mouth's width
 TOOTH_WIDTH = 0.26  # a front tooth's width, in half-widths of the mouth
 EDGE_SOFTNESS = 1.3  # anti-aliasing width of the opening's outline, in pixels of a 128 crop
 LIP_SHADOW = 0.22  # inner-lip shadow next to the opening, and its reach in pixels of a 128 crop:
