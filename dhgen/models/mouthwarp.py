@@ -80,7 +80,8 @@ LIGHT_GRID = 16  # light is compared on a LIGHT_GRID x LIGHT_GRID grid (8 px cel
 GAIN_BLUR, SKIN_BLUR = 1.2, 2.0  # ... smoothed over this many cells for the gain and for the skin colour ...
 LIGHT_HOLE = (0.10, 0.17, 0.03)  # ... leaving out the mouth: the half-width plus this, this high, this much
 # lower than the seam (a talking template's own mouth opens mostly downwards; it must not dim the relit face)
-GEOMETRY_CACHE = 8  # references whose geometry is kept (one per avatar in flight; up to ~8 MB each)
+LUMA_SUM = np.ones(3, np.float32)  # brightness of a cell: the sum of its channels
+GEOMETRY_CACHE = 8  # references whose geometry is kept (one per avatar in flight; up to ~3.5 MB each)
 LEVELS = 64  # openness is applied in steps of 1/LEVELS (a step moves the lower lip 0.24 px of a 128 crop)
 
 
@@ -213,19 +214,20 @@ class Geometry:
         self.u = ((c - shape.cx) / shape.half_width).astype(np.float32)
         self._light(ref, c)
         self._motion(c, mask)
-        self._stages: dict[int, Stage] = {}
+        self._opened: dict[int, np.ndarray] = {}
 
     def _light(self, ref: np.ndarray, c: np.ndarray) -> None:
         """The reference's side of the light estimate (see `MouthWarp.light`), on the G grid, and its skin
         colour at full size (a weighted blur: the mouth takes the colour of the skin around it)."""
         g = (LIGHT_GRID, LIGHT_GRID)
+        self.ref = np.ascontiguousarray(ref)
         self.neutral = ref.astype(np.float32)
         self.light_cells = cv2.resize(self._light_weight(c), g, interpolation=cv2.INTER_AREA)
         self.light_total = float(self.light_cells.sum())
-        self.ref_cells = cv2.resize(self.neutral, g, interpolation=cv2.INTER_AREA) * self.light_cells[..., None]
-        self.ref_luma = self.ref_cells.sum(axis=-1) + 1.0
+        self.ref_cells = cv2.resize(self.neutral, g, interpolation=cv2.INTER_AREA)  # mean colour per cell
+        self.ref_luma = self.ref_cells @ LUMA_SUM + 1.0
         norm = np.maximum(_blur(self.light_cells, SKIN_BLUR), 1e-4)[..., None]
-        skin = _blur(self.ref_cells, SKIN_BLUR) / norm
+        skin = _blur(self.ref_cells * self.light_cells[..., None], SKIN_BLUR) / norm
         self.ref_skin = cv2.resize(skin, (self.size, self.size), interpolation=cv2.INTER_LINEAR)
 
     def _light_weight(self, c: np.ndarray) -> np.ndarray:
@@ -268,52 +270,46 @@ class Geometry:
         width = 0.85 + 0.15 * openness  # the corners spread a little as the jaw drops
         return (1.0 - np.clip(self.u / np.float32(width), -1.0, 1.0) ** 2) ** np.float32(p)
 
-    def stage(self, level: int) -> Stage:
-        """What opening the mouth to openness level / LEVELS does to a crop (computed once, then kept)."""
-        stage = self._stages.get(level)
-        if stage is None:
-            stage = self._stages[level] = make_stage(self, level / LEVELS)
-        return stage
+    def opened(self, level: int) -> np.ndarray:
+        """The reference with its mouth opened to openness level / LEVELS, uint8 (computed once, then kept)."""
+        image = self._opened.get(level)
+        if image is None:
+            image = self._opened[level] = open_mouth(self, level / LEVELS)
+        return image
 
 
-@dataclass(frozen=True)
-class Stage:
-    """One openness of one mouth, ready to apply: the warp's maps over the rows that move, and over the
-    painted region, `out = warped * keep + skin * skin_part + luma(skin) * luma_part` (skin: the relit local
-    skin colour, the only part that depends on the live frame)."""
-
-    maps: tuple[np.ndarray, np.ndarray]  # cv2.remap's fixed-point maps for rows geo.rows
-    region: tuple[slice, slice]
-    keep: np.ndarray  # (R, C, 1): the lips' inner shadow, times 1 - coverage by the opening
-    skin_part: np.ndarray  # (R, C, 3): cavity and tongue, as multiples of the skin colour, times coverage
-    luma_part: np.ndarray  # (R, C, 3): teeth, as multiples of the skin's luminance, times coverage
-
-
-def make_stage(geo: Geometry, openness: float) -> Stage:
+def open_mouth(geo: Geometry, openness: float) -> np.ndarray:
+    """The reference (geo.neutral) with the lips and jaw warped apart and the inside painted, uint8."""
+    if openness <= 0:
+        return geo.ref
     size = geo.size
     lips = geo.lips(openness)
+    out = geo.neutral.copy()
     # The warp: a backward map; each output row reads the source row the motion brought there. Rows inside
     # the gap read the seam itself, so the opening starts from the lips' own seam colour.
     drop = (geo.drop_lips * lips[None, :] + geo.drop_jaw) * np.float32(openness)
     lift = (geo.lift_lips * lips[None, :] + geo.lift_jaw) * np.float32(upper_lift(openness))
     map_y = np.minimum(np.maximum(geo.map_y - drop + lift, geo.floor), geo.ceiling)
-    maps = cv2.convertMaps(geo.map_x, map_y, cv2.CV_16SC2)
+    top, bottom = geo.rows
+    out[top:bottom] = cv2.remap(out, geo.map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     # The inside, over the rows and columns the gap and its lip shadow can reach.
     upper = geo.seam - np.float32(LIP_RAISE * upper_lift(openness)) * lips  # (S,) the gap's edges
     lower = geo.seam + np.float32(JAW_DROP * openness) * lips
     cols = np.flatnonzero(lower - upper > 0.25 / size)
-    if cols.size == 0:
-        return Stage(maps, (slice(0, 0), slice(0, 0)), *(np.zeros((0, 0, k), np.float32) for k in (1, 3, 3)))
-    c0, c1 = int(cols[0]), int(cols[-1]) + 1
-    reach = (LIP_SHADOW_REACH + 2) / 128
-    r0 = max(0, int((upper[c0:c1].min() - reach) * size))
-    r1 = min(size, int(np.ceil((lower[c0:c1].max() + reach) * size)) + 1)
-    gap = Gap(centres(size)[r0:r1, None], upper[None, c0:c1], lower[None, c0:c1], geo.u[None, c0:c1])
-    cover = cv2.GaussianBlur(gap.inside(), (3, 3), 0.6)[..., None]
-    skin_part, luma_part = inside_parts(gap, openness, geo.shape.teeth)
-    keep = gap.lip_shadow(openness)[..., None] * (1.0 - cover)
-    f32 = np.float32
-    return Stage(maps, (slice(r0, r1), slice(c0, c1)), f32(keep), f32(skin_part * cover), f32(luma_part * cover))
+    if cols.size:
+        c0, c1 = int(cols[0]), int(cols[-1]) + 1
+        reach = (LIP_SHADOW_REACH + 2) / 128
+        r0 = max(0, int((upper[c0:c1].min() - reach) * size))
+        r1 = min(size, int(np.ceil((lower[c0:c1].max() + reach) * size)) + 1)
+        gap = Gap(centres(size)[r0:r1, None], upper[None, c0:c1], lower[None, c0:c1], geo.u[None, c0:c1])
+        cover = cv2.GaussianBlur(gap.inside(), (3, 3), 0.6)[..., None]
+        skin = geo.ref_skin[r0:r1, c0:c1]
+        luma = cv2.cvtColor(skin, cv2.COLOR_BGR2GRAY)[..., None]
+        skin_part, luma_part = inside_parts(gap, openness, geo.shape.teeth)
+        inside = skin * skin_part + luma * luma_part
+        region = out[r0:r1, c0:c1]
+        out[r0:r1, c0:c1] = region * gap.lip_shadow(openness)[..., None] * (1.0 - cover) + inside * cover
+    return cv2.convertScaleAbs(out)  # rounds and saturates (out >= 0)
 
 
 # --- the model ---------------------------------------------------------------------------------------------------
@@ -348,19 +344,14 @@ class MouthWarp:
         return PatchBatch(patches, self.alpha[None])
 
     def animate(self, crop: np.ndarray, ref: np.ndarray, openness: float) -> np.ndarray:
-        """One patch: the reference relit like `crop`, its mouth opened by `openness` in [0, 1]."""
+        """One patch: the reference with its mouth opened by `openness` in [0, 1], relit like `crop`.
+
+        The opened reference depends only on the reference and the openness (in LEVELS steps), so it is made
+        once per level; a crop costs its light estimate and one multiply. Light is applied where each pixel
+        ends up (the dropped lower lip takes the light of where it now is), inside of the mouth included.
+        """
         geo = self.geometry(ref)
-        gain = self.light(crop, geo)
-        out = cv2.multiply(geo.neutral, gain)
-        level = int(round(openness * LEVELS))
-        if level > 0:
-            stage = geo.stage(level)
-            top, bottom = geo.rows
-            out[top:bottom] = cv2.remap(out, *stage.maps, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-            skin = geo.ref_skin[stage.region] * gain[stage.region]  # the relit skin colour around the mouth
-            luma = cv2.cvtColor(skin, cv2.COLOR_BGR2GRAY)[..., None]
-            out[stage.region] = out[stage.region] * stage.keep + skin * stage.skin_part + luma * stage.luma_part
-        return cv2.convertScaleAbs(out)  # rounds and saturates (out >= 0)
+        return cv2.multiply(geo.opened(int(round(openness * LEVELS))), self.light(crop, geo), dtype=cv2.CV_8U)
 
     def geometry(self, ref: np.ndarray) -> Geometry:
         """The reference's geometry, from a small cache (a job sends the same reference with every crop)."""
@@ -390,19 +381,18 @@ class MouthWarp:
         so cells in the hole take their light from the skin around it. Numpy's cost per call is most of the
         time here (it runs per crop), hence ramps rather than smoothsteps.
         """
-        g, size = (LIGHT_GRID, LIGHT_GRID), self.size
-        cells = cv2.resize(live, g, interpolation=cv2.INTER_AREA).astype(np.float32) * geo.light_cells[..., None]
         w = geo.light_cells
-        ratio = (cells.sum(axis=-1) + 1.0) / geo.ref_luma
+        cells = cv2.resize(live, (LIGHT_GRID, LIGHT_GRID), interpolation=cv2.INTER_AREA).astype(np.float32)
+        ratio = (cells @ LUMA_SUM + 1.0) / geo.ref_luma  # per cell, live / reference brightness
         typical = float((ratio * w).sum()) / geo.light_total  # the crop as a whole, then each cell's neighbours
-        keep = _ramps(ratio / typical, 0.6, 0.8, 1.5, 1.9)
-        typical = _blur(ratio * w * keep, 3.0) / np.maximum(_blur(w * keep, 3.0), 1e-4)
-        keep = _ramps(ratio / typical, 0.75, 0.9, 1.25, 1.5)
-        weight = _blur(w * keep, GAIN_BLUR)[..., None] * 2.0  # 2 grey levels, weighted alike
-        keep = keep[..., None]
-        gain = (_blur(cells * keep, GAIN_BLUR) + weight) / (_blur(geo.ref_cells * keep, GAIN_BLUR) + weight)
-        gain = np.minimum(np.maximum(gain, 0.4), 2.5)
-        return cv2.resize(gain, (size, size), interpolation=cv2.INTER_LINEAR)
+        keep = w * _ramps(ratio / typical, 0.6, 0.8, 1.5, 1.9)
+        near = _blur(np.dstack([ratio * keep, keep]), 3.0)
+        keep = w * _ramps(ratio * near[..., 1] / np.maximum(near[..., 0], 1e-6), 0.75, 0.9, 1.25, 1.5)
+        # One blur for everything the gain needs: live and reference sums and the weights (2 grey levels).
+        sums = _blur(np.dstack([cells * keep[..., None], geo.ref_cells * keep[..., None], keep]), GAIN_BLUR)
+        floor = 2.0 * sums[..., 6:7]
+        gain = np.minimum(np.maximum((sums[..., :3] + floor) / (sums[..., 3:6] + floor), 0.4), 2.5)
+        return cv2.resize(gain, (self.size, self.size), interpolation=cv2.INTER_LINEAR)
 
 
 def _ramps(x: np.ndarray, lo0: float, lo1: float, hi1: float, hi0: float) -> np.ndarray:
