@@ -105,6 +105,20 @@ def alpha_mask(size: int) -> np.ndarray:
     return np.round((1.0 - smoothstep(MASK_CORE, 1.0, r)) * 255.0).astype(np.uint8)
 
 
+def _ramps(x: np.ndarray, lo0: float, lo1: float, hi1: float, hi0: float) -> np.ndarray:
+    """0 below lo0, rising to 1 at lo1, 1 up to hi1, falling to 0 at hi0 (linear ramps: cheap per crop)."""
+    return np.minimum(np.maximum(np.minimum((x - lo0) / (lo1 - lo0), (hi0 - x) / (hi0 - hi1)), 0.0), 1.0)
+
+
+def _blur(a: np.ndarray, sigma: float) -> np.ndarray:
+    return cv2.GaussianBlur(a, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE)
+
+
+def upper_lift(openness: float) -> float:
+    """The upper lip lifts late: hardly for a small opening, most on a wide one."""
+    return float(openness) ** 1.5
+
+
 # --- 1. the mouth in the reference ------------------------------------------------------------------------------
 
 
@@ -203,11 +217,12 @@ def _fit_shape(xs: np.ndarray, ys: np.ndarray, weights: np.ndarray, teeth: float
     )
 
 
-# --- per reference: everything that depends only on the crop size and the mouth ---------------------------------
+# --- per reference: everything that depends only on the reference and the openness ------------------------------
 
 
 class Geometry:
-    """Fields for one (crop size, mouth): light weights, the motion's building blocks, the painted region."""
+    """What one reference crop's mouth needs, made once: the reference's side of the light estimate, the
+    motion's building blocks, and the reference opened at each openness level as it is asked for."""
 
     def __init__(self, ref: np.ndarray, shape: MouthShape, mask: np.ndarray) -> None:
         self.size = size = ref.shape[0]
@@ -282,37 +297,117 @@ class Geometry:
 
 
 def open_mouth(geo: Geometry, openness: float) -> np.ndarray:
-    """The reference (geo.neutral) with the lips and jaw warped apart and the inside painted, uint8."""
+    """The reference with the lips and jaw warped apart by `openness` and the inside painted, uint8."""
     if openness <= 0:
         return geo.ref
-    size = geo.size
     lips = geo.lips(openness)
-    out = geo.neutral.copy()
-    # The warp: a backward map; each output row reads the source row the motion brought there. Rows inside
-    # the gap read the seam itself, so the opening starts from the lips' own seam colour.
+    out = warp_apart(geo, openness, lips)
+    paint_inside(out, geo, openness, lips)
+    return cv2.convertScaleAbs(out)  # rounds and saturates (out >= 0)
+
+
+def warp_apart(geo: Geometry, openness: float, lips: np.ndarray) -> np.ndarray:
+    """The reference, float32, its lips and jaw moved apart (a backward map over the rows that move).
+
+    Each output row reads the source row the motion brought there; rows inside the gap read the seam itself,
+    so the opening starts from the lips' own seam colour before the inside is painted over it.
+    """
     drop = (geo.drop_lips * lips[None, :] + geo.drop_jaw) * np.float32(openness)
     lift = (geo.lift_lips * lips[None, :] + geo.lift_jaw) * np.float32(upper_lift(openness))
     map_y = np.minimum(np.maximum(geo.map_y - drop + lift, geo.floor), geo.ceiling)
+    out = geo.neutral.copy()
     top, bottom = geo.rows
     out[top:bottom] = cv2.remap(out, geo.map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    # The inside, over the rows and columns the gap and its lip shadow can reach.
+    return out
+
+
+def paint_inside(out: np.ndarray, geo: Geometry, openness: float, lips: np.ndarray) -> None:
+    """Blend, in place, the mouth's inside into the gap between the lips, and the lips' inner shadow around it
+    (over the rows and columns these can reach)."""
+    size = geo.size
     upper = geo.seam - np.float32(LIP_RAISE * upper_lift(openness)) * lips  # (S,) the gap's edges
     lower = geo.seam + np.float32(JAW_DROP * openness) * lips
     cols = np.flatnonzero(lower - upper > 0.25 / size)
-    if cols.size:
-        c0, c1 = int(cols[0]), int(cols[-1]) + 1
-        reach = (LIP_SHADOW_REACH + 2) / 128
-        r0 = max(0, int((upper[c0:c1].min() - reach) * size))
-        r1 = min(size, int(np.ceil((lower[c0:c1].max() + reach) * size)) + 1)
-        gap = Gap(centres(size)[r0:r1, None], upper[None, c0:c1], lower[None, c0:c1], geo.u[None, c0:c1])
-        cover = cv2.GaussianBlur(gap.inside(), (3, 3), 0.6)[..., None]
-        skin = geo.ref_skin[r0:r1, c0:c1]
-        luma = cv2.cvtColor(skin, cv2.COLOR_BGR2GRAY)[..., None]
-        skin_part, luma_part = inside_parts(gap, openness, geo.shape.teeth)
-        inside = skin * skin_part + luma * luma_part
-        region = out[r0:r1, c0:c1]
-        out[r0:r1, c0:c1] = region * gap.lip_shadow(openness)[..., None] * (1.0 - cover) + inside * cover
-    return cv2.convertScaleAbs(out)  # rounds and saturates (out >= 0)
+    if cols.size == 0:
+        return
+    c0, c1 = int(cols[0]), int(cols[-1]) + 1
+    reach = (LIP_SHADOW_REACH + 2) / 128
+    r0 = max(0, int((upper[c0:c1].min() - reach) * size))
+    r1 = min(size, int(np.ceil((lower[c0:c1].max() + reach) * size)) + 1)
+    gap = Gap(centres(size)[r0:r1, None], upper[None, c0:c1], lower[None, c0:c1], geo.u[None, c0:c1])
+    cover = cv2.GaussianBlur(gap.inside(), (3, 3), 0.6)[..., None]
+    skin = geo.ref_skin[r0:r1, c0:c1]
+    skin_part, luma_part = inside_parts(gap, openness, geo.shape.teeth)
+    inside = skin * skin_part + cv2.cvtColor(skin, cv2.COLOR_BGR2GRAY)[..., None] * luma_part
+    region = out[r0:r1, c0:c1]
+    out[r0:r1, c0:c1] = region * gap.lip_shadow(openness)[..., None] * (1.0 - cover) + inside * cover
+
+
+@dataclass(frozen=True)
+class Gap:
+    """The opening between the lips over a region: rows `ys` (R, 1), its edges and lateral position (1, C),
+    all in fractions of the crop side (u: -1 and 1 at the mouth's corners)."""
+
+    ys: np.ndarray
+    top: np.ndarray
+    bottom: np.ndarray
+    u: np.ndarray
+
+    def inside(self) -> np.ndarray:
+        """Coverage of each pixel by the opening, anti-aliased over EDGE_SOFTNESS pixels (of a 128 crop)."""
+        distance = np.minimum(self.ys - self.top, self.bottom - self.ys) * np.float32(128 / EDGE_SOFTNESS)
+        return np.clip(distance + 0.5, 0.0, 1.0)
+
+    def lip_shadow(self, openness: float) -> np.ndarray:
+        """The lips' inner edges turn into the mouth: a thin shadow just outside the gap, fading to the corners."""
+        outside = np.maximum(np.maximum(self.top - self.ys, self.ys - self.bottom) * 128, 0.0)
+        strength = LIP_SHADOW * min(1.0, 4.0 * openness) * np.clip(1.0 - self.u * self.u, 0.0, 1.0)
+        return 1.0 - strength * np.exp(-outside / LIP_SHADOW_REACH)
+
+
+def inside_parts(gap: Gap, openness: float, ref_teeth: float) -> tuple[np.ndarray, np.ndarray]:
+    """The mouth's inside over the gap's region, as multiples of the local skin colour (cavity, tongue) and
+    of its luminance (teeth), so it is lit and tinted like the face around it."""
+    height = np.maximum(gap.bottom - gap.top, 1e-4)
+    t = np.clip((gap.ys - gap.top) / height, 0.0, 1.0)  # 0 at the upper lip, 1 at the lower lip
+    across = np.clip(1.0 - gap.u * gap.u, 0.0, 1.0)  # 1 at the centre, 0 at the corners
+    # Cavity: darkest in the corners and right under the upper lip, lighter towards the lower lip.
+    skin_part = np.float32(CAVITY) * ((0.4 + 0.6 * across) * (0.6 + 0.7 * t))[..., None]
+    skin_part = _blend(skin_part, tongue(gap, t, across, openness))
+    luma_part = np.zeros_like(skin_part)
+    if ref_teeth < 0.01:  # a reference that shows its own upper teeth keeps them, above the gap
+        teeth_part, cover = teeth(gap, height, openness)
+        skin_part = skin_part * (1.0 - cover[..., None])
+        luma_part = teeth_part * cover[..., None]
+    return skin_part, luma_part
+
+
+def _blend(under: np.ndarray, over: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    colour, cover = over
+    return under + (colour - under) * cover[..., None]
+
+
+def tongue(gap: Gap, t, across, openness: float) -> tuple[np.ndarray, np.ndarray]:
+    """A mound rising from the middle of the lower lip on wider openings: (skin multiples, coverage)."""
+    rise = TONGUE_HEIGHT * float(smoothstep(0.25, 0.85, openness))
+    crest = 1.0 - rise * np.sqrt(np.clip(1.0 - (gap.u / TONGUE_HALF_WIDTH) ** 2, 0.0, 1.0))  # in t
+    cover = smoothstep(0.0, 0.10, t - crest) * (rise > 0.01)
+    shade = (0.55 + 0.45 * smoothstep(0.0, 0.5, t - crest)) * (0.55 + 0.45 * across)  # darker at its back
+    return np.float32(TONGUE) * shade[..., None], cover
+
+
+def teeth(gap: Gap, height, openness: float) -> tuple[np.ndarray, np.ndarray]:
+    """Upper teeth under the upper lip, narrower than the mouth and receding into the corners, shadowed by
+    the lip at the top, faint gaps between the front teeth: (luminance multiples, coverage)."""
+    reach = TEETH_HEIGHT * float(smoothstep(0.12, 0.55, openness))
+    arch = np.sqrt(np.clip(1.0 - (gap.u / TEETH_HALF_WIDTH) ** 2, 0.0, 1.0))
+    band = np.minimum(reach * arch, 0.45 * height) * 128  # pixels of a 128 crop
+    below = (gap.ys - gap.top) * 128
+    cover = np.clip((band - below) / EDGE_SOFTNESS + 0.5, 0.0, 1.0) * (band > 0.3)
+    phase = np.abs(gap.u) % TOOTH_WIDTH
+    between = np.exp(-((np.minimum(phase, TOOTH_WIDTH - phase) / 0.035) ** 2))  # 1 where two teeth meet
+    light = (0.5 + 0.5 * arch) * (0.72 + 0.28 * smoothstep(0.0, 2.0, below)) * (1.0 - 0.3 * between)
+    return light[..., None] * np.float32(TEETH), cover
 
 
 # --- the model ---------------------------------------------------------------------------------------------------
@@ -396,87 +491,6 @@ class MouthWarp:
         floor = 2.0 * sums[..., 6:7]
         gain = np.minimum(np.maximum((sums[..., :3] + floor) / (sums[..., 3:6] + floor), 0.4), 2.5)
         return cv2.resize(gain, (self.size, self.size), interpolation=cv2.INTER_LINEAR)
-
-
-def _ramps(x: np.ndarray, lo0: float, lo1: float, hi1: float, hi0: float) -> np.ndarray:
-    """0 below lo0, rising to 1 at lo1, 1 up to hi1, falling to 0 at hi0 (linear ramps: cheap per crop)."""
-    return np.minimum(np.maximum(np.minimum((x - lo0) / (lo1 - lo0), (hi0 - x) / (hi0 - hi1)), 0.0), 1.0)
-
-
-def _blur(a: np.ndarray, sigma: float) -> np.ndarray:
-    return cv2.GaussianBlur(a, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE)
-
-
-def upper_lift(openness: float) -> float:
-    """The upper lip lifts late: hardly for a small opening, most on a wide one."""
-    return float(openness) ** 1.5
-
-
-@dataclass(frozen=True)
-class Gap:
-    """The opening between the lips over a region: rows `ys` (R, 1), its edges and lateral position (1, C),
-    all in fractions of the crop side (u: -1 and 1 at the mouth's corners)."""
-
-    ys: np.ndarray
-    top: np.ndarray
-    bottom: np.ndarray
-    u: np.ndarray
-
-    def inside(self) -> np.ndarray:
-        """Coverage of each pixel by the opening, anti-aliased over EDGE_SOFTNESS pixels (of a 128 crop)."""
-        distance = np.minimum(self.ys - self.top, self.bottom - self.ys) * np.float32(128 / EDGE_SOFTNESS)
-        return np.clip(distance + 0.5, 0.0, 1.0)
-
-    def lip_shadow(self, openness: float) -> np.ndarray:
-        """The lips' inner edges turn into the mouth: a thin shadow just outside the gap, fading to the corners."""
-        outside = np.maximum(np.maximum(self.top - self.ys, self.ys - self.bottom) * 128, 0.0)
-        strength = LIP_SHADOW * min(1.0, 4.0 * openness) * np.clip(1.0 - self.u * self.u, 0.0, 1.0)
-        return 1.0 - strength * np.exp(-outside / LIP_SHADOW_REACH)
-
-
-def inside_parts(gap: Gap, openness: float, ref_teeth: float) -> tuple[np.ndarray, np.ndarray]:
-    """The mouth's inside over the gap's region, as multiples of the local skin colour (cavity, tongue) and
-    of its luminance (teeth), so it is lit and tinted like the face around it."""
-    height = np.maximum(gap.bottom - gap.top, 1e-4)
-    t = np.clip((gap.ys - gap.top) / height, 0.0, 1.0)  # 0 at the upper lip, 1 at the lower lip
-    across = np.clip(1.0 - gap.u * gap.u, 0.0, 1.0)  # 1 at the centre, 0 at the corners
-    # Cavity: darkest in the corners and right under the upper lip, lighter towards the lower lip.
-    skin_part = np.float32(CAVITY) * ((0.4 + 0.6 * across) * (0.6 + 0.7 * t))[..., None]
-    skin_part = _blend(skin_part, tongue(gap, t, across, openness))
-    luma_part = np.zeros_like(skin_part)
-    if ref_teeth < 0.01:  # a reference that shows its own upper teeth keeps them, above the gap
-        teeth_part, cover = teeth(gap, height, openness)
-        skin_part = skin_part * (1.0 - cover[..., None])
-        luma_part = teeth_part * cover[..., None]
-    return skin_part, luma_part
-
-
-def _blend(under: np.ndarray, over: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    colour, cover = over
-    return under + (colour - under) * cover[..., None]
-
-
-def tongue(gap: Gap, t, across, openness: float) -> tuple[np.ndarray, np.ndarray]:
-    """A mound rising from the middle of the lower lip on wider openings: (skin multiples, coverage)."""
-    rise = TONGUE_HEIGHT * float(smoothstep(0.25, 0.85, openness))
-    crest = 1.0 - rise * np.sqrt(np.clip(1.0 - (gap.u / TONGUE_HALF_WIDTH) ** 2, 0.0, 1.0))  # in t
-    cover = smoothstep(0.0, 0.10, t - crest) * (rise > 0.01)
-    shade = (0.55 + 0.45 * smoothstep(0.0, 0.5, t - crest)) * (0.55 + 0.45 * across)  # darker at its back
-    return np.float32(TONGUE) * shade[..., None], cover
-
-
-def teeth(gap: Gap, height, openness: float) -> tuple[np.ndarray, np.ndarray]:
-    """Upper teeth under the upper lip, narrower than the mouth and receding into the corners, shadowed by
-    the lip at the top, faint gaps between the front teeth: (luminance multiples, coverage)."""
-    reach = TEETH_HEIGHT * float(smoothstep(0.12, 0.55, openness))
-    arch = np.sqrt(np.clip(1.0 - (gap.u / TEETH_HALF_WIDTH) ** 2, 0.0, 1.0))
-    band = np.minimum(reach * arch, 0.45 * height) * 128  # pixels of a 128 crop
-    below = (gap.ys - gap.top) * 128
-    cover = np.clip((band - below) / EDGE_SOFTNESS + 0.5, 0.0, 1.0) * (band > 0.3)
-    phase = np.abs(gap.u) % TOOTH_WIDTH
-    between = np.exp(-((np.minimum(phase, TOOTH_WIDTH - phase) / 0.035) ** 2))  # 1 where two teeth meet
-    light = (0.5 + 0.5 * arch) * (0.72 + 0.28 * smoothstep(0.0, 2.0, below)) * (1.0 - 0.3 * between)
-    return light[..., None] * np.float32(TEETH), cover
 
 
 def build_predictor(options, device: str | None = None) -> MouthWarp:
