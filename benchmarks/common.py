@@ -287,6 +287,7 @@ class TreeSampler:
         self.peak_sum_kb = 0
         self.seen: dict[int, tuple[str, int, float]] = {}  # pid -> (kind, VmHWM kB, CPU s at the last sample)
         self._torch: set[int] = set()
+        self._av: set[int] = set()
 
     def sample(self, root: int) -> None:
         total = 0
@@ -302,13 +303,16 @@ class TreeSampler:
     def _kind(self, pid: int, root: int) -> str:
         if pid == root:
             return "main"
-        if pid not in self._torch and _maps_torch(pid):
+        if pid not in self._torch and _maps(pid, "libtorch"):
             self._torch.add(pid)
         if pid in self._torch:
             return "worker (torch)"
         if "resource_tracker" in _cmdline(pid):
             return "resource tracker"
-        return "job (no torch)"
+        # A job process decodes and encodes with PyAV; a worker serving a numpy model (mouthwarp) never does.
+        if pid not in self._av and _maps(pid, "libavcodec"):
+            self._av.add(pid)
+        return "job (no torch)" if pid in self._av else "worker (no torch)"
 
 
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -359,10 +363,11 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def _maps_torch(pid: int) -> bool:
+def _maps(pid: int, library: str) -> bool:
+    """Whether process `pid` has `library` mapped (False once it is gone)."""
     try:
         with open(f"/proc/{pid}/maps") as f:
-            return "libtorch" in f.read()
+            return library in f.read()
     except OSError:
         return False
 

@@ -158,8 +158,9 @@ def test_stopped_child_is_stalled_killed_and_recovered(tmp_path, target):
         if target == "job":  # mid-render
             pid = watcher.wait_for(lambda e: e["event"] == "job_started")["pid"]
             watcher.wait_for(_progress_of("j0"))
-        else:  # as soon as it can serve: the job's first batch is then surely held by a stopped worker
+        else:  # once the job has work for it (the worker starts in milliseconds, long before the job's batches)
             pid = watcher.wait_for(lambda e: e["event"] == "worker_started")["pid"]
+            watcher.wait_for(_progress_of("j0"))
         os.kill(pid, signal.SIGSTOP)
         stopped_at["t"] = time.monotonic()
 
