@@ -287,6 +287,7 @@ class TreeSampler:
         self.peak_sum_kb = 0
         self.seen: dict[int, tuple[str, int, float]] = {}  # pid -> (kind, VmHWM kB, CPU s at the last sample)
         self._torch: set[int] = set()
+        self._av: set[int] = set()
 
     def sample(self, root: int) -> None:
         total = 0
@@ -302,13 +303,16 @@ class TreeSampler:
     def _kind(self, pid: int, root: int) -> str:
         if pid == root:
             return "main"
-        if pid not in self._torch and _maps_torch(pid):
+        if pid not in self._torch and _maps(pid, "libtorch"):
             self._torch.add(pid)
         if pid in self._torch:
             return "worker (torch)"
         if "resource_tracker" in _cmdline(pid):
             return "resource tracker"
-        return "job (no torch)"
+        # A job process decodes and encodes with PyAV; a worker serving a numpy model (mouthwarp) never does.
+        if pid not in self._av and _maps(pid, "libavcodec"):
+            self._av.add(pid)
+        return "job (no torch)" if pid in self._av else "worker (no torch)"
 
 
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -359,10 +363,11 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def _maps_torch(pid: int) -> bool:
+def _maps(pid: int, library: str) -> bool:
+    """Whether process `pid` has `library` mapped (False once it is gone)."""
     try:
         with open(f"/proc/{pid}/maps") as f:
-            return "libtorch" in f.read()
+            return library in f.read()
     except OSError:
         return False
 
@@ -384,18 +389,22 @@ def random_crop_batch(name: str, batch: int, seed: int = 0):
         cond = rng.uniform(-4, 4, (batch, 80, 16)).astype(np.float32)
     else:
         cond = rng.random(batch).astype(np.float32)
+    if spec.backend == "numpy":  # one reference for the batch, as a job sends it (its geometry is cached)
+        return CropBatch(crops, crops[:1].copy(), cond)
     return CropBatch(crops, crops[::-1].copy(), cond)
 
 
 def model_fps(predictor, name: str, batch: int, seconds: float = 2.0, forward_only: bool = False) -> float:
     """Frames/s of a loaded dhgen predictor at `batch`: `predict()` (numpy in and out, host<->device copies
     included), or with `forward_only` the model's forward on tensors already on the device (fp16 autocast on
-    CUDA, as `Predictor` runs it)."""
+    CUDA, as `Predictor` runs it). A numpy model (no tensors, no device) has only `predict()`."""
     import contextlib
 
+    cb = random_crop_batch(name, batch)
+    if not hasattr(predictor, "model"):
+        return _rate(lambda: predictor.predict(cb), batch, seconds, lambda: None)
     import torch
 
-    cb = random_crop_batch(name, batch)
     device = predictor.device
     cuda = device.type == "cuda"
     if forward_only:
@@ -411,6 +420,10 @@ def model_fps(predictor, name: str, batch: int, seconds: float = 2.0, forward_on
             predictor.predict(cb)
 
     sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
+    return _rate(step, batch, seconds, sync)
+
+
+def _rate(step, batch: int, seconds: float, sync) -> float:
     for _ in range(3):
         step()
     sync()
@@ -423,10 +436,10 @@ def model_fps(predictor, name: str, batch: int, seconds: float = 2.0, forward_on
 
 
 def load_model(name: str, device: str, checkpoint: Path | None, batch: int):
-    from dhgen.inference import load_predictor
     from dhgen.options import ModelOptions
+    from dhgen.serving import load_model as load
 
-    return load_predictor(ModelOptions(name=name, checkpoint=checkpoint, device=device, batch_size=batch))
+    return load(ModelOptions(name=name, checkpoint=checkpoint, device=device, batch_size=batch))
 
 
 def prime_face_cache(avatar: Path, xdg: Path) -> None:

@@ -92,14 +92,18 @@ def bench_models(args, checkpoint: Path | None) -> str:
         for batch in args.batches:
             fwd = model_fps(predictor, name, batch, args.model_seconds, forward_only=True)
             full = model_fps(predictor, name, batch, args.model_seconds)
-            rows.append([name, batch, f"{fwd:,.0f}", f"{full:,.0f}", _precision(args.device)])
+            rows.append([name, batch, f"{fwd:,.0f}", f"{full:,.0f}", _precision(name, args.device)])
         del predictor
         _free_cuda()
     headers = ["model", "batch", "forward frames/s", "predict() frames/s (numpy in/out)", "precision"]
     return table(f"1. model only on {args.device}", headers, rows)
 
 
-def _precision(device: str) -> str:
+def _precision(name: str, device: str) -> str:
+    from dhgen.models import get_spec
+
+    if get_spec(name).backend == "numpy":
+        return "fp32 numpy/OpenCV on the CPU (on every box)"
     return "fp16 autocast" if device.startswith("cuda") else "fp32"
 
 

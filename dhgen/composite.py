@@ -12,10 +12,14 @@ from dhgen.models import Rect
 
 
 def extract_crop(frame: np.ndarray, rect: Rect, size: int) -> np.ndarray:
-    """The rectangle of `frame` resized to size x size (uint8, same channel order)."""
+    """The rectangle of `frame` resized to size x size (uint8, same channel order).
+
+    Area averaging where the rectangle is at least twice the crop (it would alias otherwise); bilinear below
+    that, where it looks the same and costs a quarter as much (this runs on every frame).
+    """
     x0, y0, x1, y1 = rect
     region = frame[y0:y1, x0:x1]
-    interp = cv2.INTER_AREA if (x1 - x0) > size else cv2.INTER_LINEAR
+    interp = cv2.INTER_AREA if (x1 - x0) >= 2 * size else cv2.INTER_LINEAR
     return cv2.resize(region, (size, size), interpolation=interp)
 
 
@@ -26,16 +30,16 @@ def paste(frame: np.ndarray, rect: Rect, patch: np.ndarray, alpha: np.ndarray) -
     if w <= 0 or h <= 0:
         return
     a = cv2.resize(alpha, (w, h), interpolation=cv2.INTER_LINEAR)
-    ys, xs = np.nonzero(a)
-    if ys.size == 0:
+    bx, by, bw, bh = cv2.boundingRect(a)  # of the non-zero alpha
+    if bw == 0:
         return
-    # Blend only the bounding box of the non-zero alpha: cheaper, and pixels outside stay bit-exact.
-    by0, by1, bx0, bx1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    p = cv2.resize(patch, (w, h), interpolation=cv2.INTER_LINEAR)[by0:by1, bx0:bx1].astype(np.float32)
-    a = a[by0:by1, bx0:bx1, None].astype(np.float32) / 255.0
-    region = frame[y0 + by0 : y0 + by1, x0 + bx0 : x0 + bx1]
-    blended = region.astype(np.float32) * (1.0 - a) + p * a
-    region[...] = np.where(a > 0, np.clip(blended + 0.5, 0, 255), region).astype(np.uint8)
+    # Blend only that box: cheaper, and pixels outside stay bit-exact. Inside it, where the alpha is 0 the
+    # patch's weight is exactly 0 and the frame's exactly 1, so those pixels keep their values too.
+    boxed = (slice(by, by + bh), slice(bx, bx + bw))
+    weight = a[boxed].astype(np.float32) * np.float32(1 / 255)
+    p = cv2.resize(patch, (w, h), interpolation=cv2.INTER_LINEAR)[boxed]
+    region = frame[y0 + by : y0 + by + bh, x0 + bx : x0 + bx + bw]
+    region[...] = cv2.blendLinear(region, p, 1.0 - weight, weight)
 
 
 def feather_mask(size: int, top: float = 0.5, margin: float = 0.08) -> np.ndarray:

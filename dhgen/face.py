@@ -33,7 +33,9 @@ from dhgen.options import FaceOptions
 log = logging.getLogger(__name__)
 
 CASCADE = "haarcascade_frontalface_default.xml"
-CACHE_VERSION = 1  # bump when the tracking maths changes, so old cache entries are not reused
+CACHE_VERSION = 2  # bump when the tracking maths changes, so old cache entries are not reused
+SHRINK_LIMIT = 0.6  # a face found this much smaller than the one tracked a few strides before is a false hit
+SHRINK_WINDOW = 4  # ... "a few": this many strides
 Box = tuple[float, float, float, float]  # x, y, w, h in frame pixels
 
 
@@ -78,16 +80,18 @@ def detect_track(
     found: dict[int, Box] = {}
     best: tuple[float, int, np.ndarray] | None = None  # (mouth openness, index, frame)
     previous: Box | None = None
+    previous_index = -(10**9)
     for i, frame in frames:
         if i >= n:
             break
         if i % stride and i != n - 1:
             continue
         gray, scale = _detection_image(frame, options.detect_width)
-        box = _pick(cascade_faces(cascade, gray), previous)
+        recent = previous if i - previous_index <= SHRINK_WINDOW * stride else None
+        box = _pick(cascade_faces(cascade, gray), previous, recent)
         if box is None:
             continue
-        previous = box
+        previous, previous_index = box, i
         found[i] = tuple(v / scale for v in box)
         openness = mouth_openness(gray, box)
         if best is None or openness < best[0]:
@@ -127,8 +131,14 @@ def cascade_faces(cascade: cv2.CascadeClassifier, gray: np.ndarray) -> list[Box]
     return [tuple(float(v) for v in face) for face in faces]
 
 
-def _pick(faces: list[Box], previous: Box | None) -> Box | None:
-    """The largest face, or, once a face is tracked, the one nearest it among those at least half as large."""
+def _pick(faces: list[Box], previous: Box | None, recent: Box | None = None) -> Box | None:
+    """The largest face, or, once a face is tracked, the one nearest it among those at least half as large.
+
+    None when that face is much smaller than a `recent` detection (SHRINK_LIMIT): a face does not shrink to
+    half its size within a few strides, but the cascade does fire on an eye or the background in a frame
+    where it misses the real face (a wide-open mouth, a turned head), and such a box must not enter the track
+    nor become the reference.
+    """
     if not faces:
         return None
     largest = max(faces, key=lambda b: b[2] * b[3])
@@ -136,7 +146,10 @@ def _pick(faces: list[Box], previous: Box | None) -> Box | None:
         return largest
     px, py = previous[0] + previous[2] / 2, previous[1] + previous[3] / 2
     big = [b for b in faces if b[2] * b[3] >= 0.5 * largest[2] * largest[3]]
-    return min(big, key=lambda b: (b[0] + b[2] / 2 - px) ** 2 + (b[1] + b[3] / 2 - py) ** 2)
+    box = min(big, key=lambda b: (b[0] + b[2] / 2 - px) ** 2 + (b[1] + b[3] / 2 - py) ** 2)
+    if recent is not None and box[2] < SHRINK_LIMIT * recent[2]:
+        return None
+    return box
 
 
 def mouth_openness(gray: np.ndarray, box: Box) -> float:

@@ -1,7 +1,9 @@
 """Serving one model to many jobs: what an inference worker (local) or actor (Ray) wraps around a predictor.
 
-`load_for_serving` loads the model with the process's share of threads; `AdaptivePredictor` runs merged batches in
-slices of the current batch size and halves it on an out-of-memory error.
+`load_model` builds a model's predictor: a numpy model (mouthwarp) directly, without importing torch, a torch
+model (wav2lip) through `dhgen.inference`. `load_for_serving` does that with the process's share of threads;
+`AdaptivePredictor` runs merged batches in slices of the current batch size and halves it on an out-of-memory
+error.
 
 Test hook: DHGEN_TEST_FAULT=raise makes every forward raise; DHGEN_TEST_FAULT=oom_above:N raises OutOfMemory
 for forward passes larger than N crops; DHGEN_TEST_FAULT=broken_cuda_once:PATH raises a CUDA error that breaks
@@ -14,11 +16,16 @@ every batch from now on.
 
 from __future__ import annotations
 
+import importlib
+import logging
 import os
+import sys
 
 from dhgen.errors import OutOfMemory
-from dhgen.models import CropBatch, PatchBatch, concat_patches
+from dhgen.models import CropBatch, PatchBatch, concat_patches, get_spec
 from dhgen.options import ModelOptions
+
+log = logging.getLogger(__name__)
 
 
 class AdaptivePredictor:
@@ -70,19 +77,37 @@ def _first_to_create(path: str) -> bool:
 
 
 def context_broken(exc: BaseException) -> bool:
-    """The model's process must end after `exc` (its CUDA context is broken); see `inference.is_cuda_context_broken`."""
+    """The model's process must end after `exc` (its CUDA context is broken); see `inference.is_cuda_context_broken`.
+    A process that never imported torch (a numpy model) has no CUDA context to break."""
+    if "torch" not in sys.modules:
+        return False
     from dhgen.inference import is_cuda_context_broken
 
     return is_cuda_context_broken(exc)
 
 
-def load_for_serving(options: ModelOptions, threads: int):
-    """The predictor for `options` with `threads` CPU threads, wrapped in the test hook when it is set."""
-    import torch
+def load_model(options: ModelOptions):
+    """The predictor (`predict(CropBatch) -> PatchBatch`) for `options.name`.
 
-    torch.set_num_threads(threads)
+    A numpy model runs on the CPU whatever `options.device` says (it needs no GPU, and one implementation
+    serves every box); torch is imported only for a torch model.
+    """
+    spec = get_spec(options.name)
+    if spec.backend == "numpy":
+        if options.device.startswith("cuda"):
+            log.info("%s runs on the CPU (it needs no GPU); --device %s is for torch models", spec.name, options.device)
+        return importlib.import_module(f"dhgen.models.{spec.name}").build_predictor(options)
     from dhgen.inference import load_predictor
 
-    predictor = load_predictor(options)
+    return load_predictor(options)
+
+
+def load_for_serving(options: ModelOptions, threads: int):
+    """The predictor for `options` with `threads` CPU threads, wrapped in the test hook when it is set."""
+    if get_spec(options.name).backend == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+    predictor = load_model(options)
     fault = os.environ.get("DHGEN_TEST_FAULT", "")
     return FaultInjector(predictor, fault) if fault else predictor

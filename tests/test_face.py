@@ -93,6 +93,29 @@ def test_face_found_in_other_avatars(name, options):
     assert y + h / 2 < info.height * 0.6  # the face is in the upper part of an upright portrait
 
 
+def test_real_footage_is_tracked_without_false_hits_and_its_reference_mouth_is_closed(options):
+    """carphone.mp4 (a man talking in a car): around frame 60 his mouth is wide open and the cascade misses
+    his face but fires on a patch a third its size; that box must neither enter the track nor be the
+    reference (it would make the wide-open mouth the "closed" one)."""
+    info = probe_avatar(FIXTURES / "carphone.mp4")
+    track = track_faces(info, info.n_frames, options)
+    assert not np.isnan(track.boxes).any()
+    sizes = track.boxes[:, 2]
+    assert sizes.min() > 0.85 * np.median(sizes) and sizes.max() < 1.2 * np.median(sizes)
+    assert not 54 <= track.reference_index <= 64  # frames where his mouth is open
+    assert abs(track.boxes[track.reference_index, 2] - np.median(sizes)) < 0.15 * np.median(sizes)
+
+
+def test_a_detection_much_smaller_than_the_tracked_face_is_dropped():
+    portrait = cv2.imread(str(FIXTURES / "portrait.png"))
+    small = cv2.resize(portrait, None, fx=0.4, fy=0.4, interpolation=cv2.INTER_AREA)
+    shrunk = np.zeros_like(portrait)
+    shrunk[: small.shape[0], : small.shape[1]] = small  # the same face, suddenly 40 % of its size
+    track = detect_track([(0, portrait), (5, shrunk), (10, portrait)], 11, FaceOptions(stride=5, smooth=0))
+    assert np.allclose(track.boxes[5], track.boxes[0])  # frame 5 interpolates its neighbours, no 40 % box
+    assert track.reference_index in (0, 10)
+
+
 def test_no_face_is_a_no_face_error_naming_the_file(options):
     info = probe_avatar(FIXTURES / "noface.mp4")
     with pytest.raises(NoFaceError) as err:

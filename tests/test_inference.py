@@ -1,4 +1,8 @@
-"""Model loading and batched prediction: devices, shapes, and a CUDA OOM surfacing as a retryable error."""
+"""The torch Predictor (wav2lip's path): devices, shapes, and a CUDA OOM surfacing as a retryable error.
+
+A small stand-in nn.Module keeps these tests fast and independent of wav2lip's weights; mouthwarp is numpy and
+has its own tests (tests/test_mouthwarp.py).
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,11 @@ import types
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from dhgen.errors import ModelLoadError, OutOfMemory, UsageError
 from dhgen.inference import Predictor, load_predictor, resolve_device
 from dhgen.models import CropBatch, get_spec
-from dhgen.models.mouthwarp import MouthWarp
 from dhgen.options import ModelOptions
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without CUDA")
@@ -20,36 +24,53 @@ gpu = pytest.mark.gpu
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-def crop_batch(n: int, size: int = 128, seed: int = 0) -> CropBatch:
+S = 96  # wav2lip's crop size
+
+
+class Blend(nn.Module):
+    """A stand-in model with the contract's shapes: patches = crops darkened by the conditioning's mean, one
+    alpha for the batch (255 inside, 0 on the border)."""
+
+    def forward(self, crops, refs, cond):
+        level = cond.float().reshape(len(crops), -1).mean(dim=1).clamp(0, 1).reshape(-1, 1, 1, 1)
+        patches = (crops.float() * (1 - 0.5 * level)).round().to(torch.uint8)
+        alpha = torch.zeros(1, *crops.shape[1:3], dtype=torch.uint8, device=crops.device)
+        alpha[:, 1:-1, 1:-1] = 255
+        return patches, alpha
+
+
+def crop_batch(n: int, size: int = S, seed: int = 0) -> CropBatch:
     rng = np.random.default_rng(seed)
     crops = rng.integers(90, 220, (n, size, size, 3), dtype=np.uint8)
     return CropBatch(crops=crops, refs=crops.copy(), cond=np.linspace(0, 1, n, dtype=np.float32))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def predictor() -> Predictor:
-    return load_predictor(ModelOptions(name="mouthwarp", device="cpu"))
+    return Predictor(get_spec("wav2lip"), Blend().eval(), "cpu")
 
 
 def test_predict_on_cpu_returns_uint8_patches_and_alphas(predictor):
     out = predictor.predict(crop_batch(5))
-    assert predictor.spec.name == "mouthwarp" and predictor.spec.crop_size == 128
-    assert out.patches.dtype == np.uint8 and out.patches.shape == (5, 128, 128, 3)
-    assert out.alphas.dtype == np.uint8 and out.alphas.shape == (1, 128, 128)  # one for the batch
+    assert out.patches.dtype == np.uint8 and out.patches.shape == (5, S, S, 3)
+    assert out.alphas.dtype == np.uint8 and out.alphas.shape == (1, S, S)  # one for the batch
     assert out.patches.flags.c_contiguous and out.alphas.flags.c_contiguous
     assert out.alphas.max() == 255 and out.alphas[:, 0].max() == 0
+    batch = crop_batch(5)
+    expected = np.round(batch.crops * (1 - 0.5 * batch.cond[:, None, None, None])).astype(np.uint8)
+    assert np.abs(out.patches.astype(int) - expected).max() <= 1  # the model's answer, crop by crop
 
 
 def test_predict_is_deterministic_and_handles_an_empty_batch(predictor):
     batch = crop_batch(3, seed=1)
     np.testing.assert_array_equal(predictor.predict(batch).patches, predictor.predict(batch).patches)
     empty = predictor.predict(crop_batch(0))
-    assert empty.patches.shape == (0, 128, 128, 3) and empty.alphas.shape == (0, 128, 128)
+    assert empty.patches.shape == (0, S, S, 3) and empty.alphas.shape == (0, S, S)
 
 
 def test_predict_rejects_crops_of_the_wrong_size(predictor):
-    with pytest.raises(ValueError, match="128"):
-        predictor.predict(crop_batch(2, size=96))
+    with pytest.raises(ValueError, match="96"):
+        predictor.predict(crop_batch(2, size=128))
 
 
 def test_auto_device_is_cpu_without_cuda():
@@ -84,7 +105,7 @@ def test_cuda_oom_inside_the_model_surfaces_as_out_of_memory(predictor, monkeypa
     def forward(self, crops, refs, cond):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(MouthWarp, "forward", forward)
+    monkeypatch.setattr(Blend, "forward", forward)
     with pytest.raises(OutOfMemory) as err:
         predictor.predict(crop_batch(4))
     assert err.value.retryable and err.value.to_record()["type"] == "OutOfMemory"
@@ -96,7 +117,7 @@ def test_other_model_errors_pass_through_unchanged(predictor, monkeypatch):
     def forward(self, crops, refs, cond):
         raise RuntimeError("shape mismatch")
 
-    monkeypatch.setattr(MouthWarp, "forward", forward)
+    monkeypatch.setattr(Blend, "forward", forward)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         predictor.predict(crop_batch(2))
 
@@ -106,7 +127,7 @@ def test_load_predictor_uses_the_model_modules_build_model_hook(monkeypatch):
 
     def build_model(options, device):
         calls.append((options.checkpoint, device))
-        return MouthWarp(96)
+        return Blend()
 
     fake = types.ModuleType("dhgen.models.wav2lip")
     fake.build_model = build_model
@@ -120,7 +141,7 @@ def test_load_predictor_uses_the_model_modules_build_model_hook(monkeypatch):
 
 def test_load_predictor_prefers_a_build_predictor_hook(monkeypatch):
     def build_predictor(options, device):
-        return Predictor(get_spec("wav2lip"), MouthWarp(96), device)
+        return Predictor(get_spec("wav2lip"), Blend(), device)
 
     fake = types.ModuleType("dhgen.models.wav2lip")
     fake.build_predictor = build_predictor
@@ -140,8 +161,8 @@ def test_a_model_module_that_is_missing_is_a_model_load_error(monkeypatch):
 @needs_cuda
 def test_cuda_matches_cpu():
     batch = crop_batch(8, seed=2)
-    cpu = load_predictor(ModelOptions(device="cpu")).predict(batch)
-    cuda = load_predictor(ModelOptions(device="cuda")).predict(batch)
+    cpu = Predictor(get_spec("wav2lip"), Blend().eval(), "cpu").predict(batch)
+    cuda = Predictor(get_spec("wav2lip"), Blend().cuda().eval(), "cuda").predict(batch)
     np.testing.assert_array_equal(cuda.alphas, cpu.alphas)
     diff = np.abs(cuda.patches.astype(int) - cpu.patches)
     assert diff.max() <= 2 and diff.mean() < 0.05

@@ -1,8 +1,10 @@
 """One job end to end, in this process: what a viewer of the output would notice.
 
-Outputs are rendered once per module (`rendered`) with `InProcessExecutor`, then decoded with PyAV: streams,
-frame count, rate, size, duration, the avatar's schedule (ping-pong or loop), and lip sync: on the still
-portrait the only motion is the mouth, so its change must follow the speech and stay put on silence.
+Outputs are rendered once per module (`rendered`, `carphone`) with `InProcessExecutor`, then decoded with PyAV:
+streams, frame count, rate, size, duration, the avatar's schedule (ping-pong or loop), and lip sync: on the still
+portrait the only motion is the mouth, so its change must follow the speech and stay put on silence; on real
+footage (carphone.mp4: a man talking in a moving car) the opening must follow the speech and his own talking
+must not show through.
 """
 
 from __future__ import annotations
@@ -20,14 +22,14 @@ from conftest import FIXTURES
 
 import dhgen.face
 from dhgen import pipeline
-from dhgen.avatar import iter_frames, probe_avatar
+from dhgen.avatar import frame_schedule, iter_frames, probe_avatar
 from dhgen.executors.inprocess import InProcessExecutor
 from dhgen.face import detect_track, track_faces
-from dhgen.inference import load_predictor
 from dhgen.manifest import Job
 from dhgen.models import get_spec
 from dhgen.options import AvatarOptions, FaceOptions, ModelOptions, RenderOptions, RunOptions
 from dhgen.runner import render
+from dhgen.serving import load_model
 
 FPS = 25
 
@@ -245,6 +247,61 @@ def test_mouth_stays_closed_and_still_on_silence(rendered):
     assert mouth_change(rendered, "silent").max() < 0.25 * talking.max()
 
 
+# --- lip sync on real footage --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def carphone(tmp_path_factory) -> dict[str, np.ndarray]:
+    """carphone.mp4 rendered with speech and with silence; per output frame, the share of dark pixels around
+    the mouth (an open mouth shows a dark inside), and the same for the source footage itself."""
+    root = tmp_path_factory.mktemp("carphone")
+    options = RenderOptions(face=FaceOptions(cache_dir=root / "cache"), model=ModelOptions(device="cpu"))
+    avatar = FIXTURES / "carphone.mp4"
+    jobs = [Job(name, FIXTURES / f"{name}.wav", avatar, root / f"{name}.mp4") for name in ("speech", "silence")]
+    summary = render(jobs, options, RunOptions(out_dir=root), executor=InProcessExecutor(options))
+    assert [r.status for r in summary.records] == ["succeeded"] * 2, [r.error for r in summary.records]
+    info = probe_avatar(avatar)
+    track = track_faces(info, info.n_frames, options.face)
+    shares = {
+        name: dark_mouth_share(decode_frames(root / f"{name}.mp4"), track.boxes) for name in ("speech", "silence")
+    }
+    shares["source"] = dark_mouth_share(decode_frames(avatar), track.boxes)
+    return shares
+
+
+def dark_mouth_share(frames: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Per frame (avatar frames in ping-pong order), the share of pixels around the mouth darker than half the
+    face's median brightness."""
+    import cv2
+
+    spec, (height, width) = get_spec("mouthwarp"), frames.shape[1:3]
+    shares = []
+    for frame, k in zip(frames, frame_schedule(len(boxes), len(frames)), strict=True):
+        x0, y0, x1, y1 = spec.crop_rect(boxes[k], width, height)
+        face = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)[y0:y1, x0:x1].astype(np.float32)
+        h, w = face.shape
+        mouth = face[int(0.3 * h) : int(0.66 * h), int(0.3 * w) : int(0.75 * w)]
+        shares.append(float(np.mean(mouth < 0.5 * np.median(face))))
+    return np.array(shares)
+
+
+def test_real_footage_mouth_opens_with_the_speech(carphone):
+    opening = carphone["speech"]
+    envelope = speech_envelope(FIXTURES / "speech.wav", len(opening), fps=30000 / 1001)
+    r = np.corrcoef(opening, envelope)[0, 1]
+    assert r >= 0.6, f"dark mouth share vs speech envelope: Pearson r = {r:.2f}"
+    pauses = envelope < 0.1 * envelope.max()
+    assert opening[~pauses].mean() > 1.8 * opening[pauses].mean()
+
+
+def test_real_footage_on_silence_his_own_talking_does_not_show(carphone):
+    """In the source he opens his mouth wide (frames ~56-63); rendered on silence, it stays closed throughout."""
+    source, silent = carphone["source"], carphone["silence"]
+    assert source.max() > 2 * np.median(source)  # the footage really has a wide-open mouth
+    assert silent.max() < 0.5 * source.max() and silent.max() < np.median(source)
+    assert silent.max() < 0.4 * carphone["speech"].max()  # closed, compared with the mouth the speech opens
+
+
 # --- compositing, before encoding ----------------------------------------------------------------------------------
 
 
@@ -274,7 +331,7 @@ def test_pixels_outside_the_mask_are_the_avatars_exactly(tmp_path):
     audio = tmp_path / "a.wav"
     write_clip(FIXTURES / "speech.wav", audio, 1.6)  # 40 frames, mouth open in most
     job_state = pipeline._Job(Job("x", audio, FIXTURES / "avatar.mp4", tmp_path / "x.mp4"), options, None)
-    inference = _Recorder(pipeline.LocalInference(load_predictor(options.model)))
+    inference = _Recorder(pipeline.LocalInference(load_model(options.model)))
     composited, masks = _Frames(), []
     frames = iter_frames(job_state.info, job_state.n_out, options.avatar.loop)
     while chunk := list(islice(frames, pipeline.CHUNK_FRAMES)):

@@ -67,7 +67,9 @@ def test_killed_worker_is_replaced_and_every_job_succeeds(tmp_path):
     def kill_worker_mid_batch():
         pid = watcher.wait_for(lambda e: e["event"] == "worker_started")["pid"]
         os.kill(pid, signal.SIGSTOP)  # it takes the jobs' first batches and holds them: the kill lands mid-batch
-        time.sleep(1.5)
+        for job_id in ("j0", "j1"):  # (the worker starts in milliseconds: wait until both jobs have sent some)
+            watcher.wait_for(_progress_of(job_id))
+        time.sleep(0.5)
         os.kill(pid, signal.SIGKILL)
 
     watcher.act(kill_worker_mid_batch)
@@ -123,8 +125,9 @@ def test_stopped_child_is_stalled_killed_and_recovered(tmp_path, target):
         if target == "job":  # mid-render
             pid = watcher.wait_for(lambda e: e["event"] == "job_started")["pid"]
             watcher.wait_for(_progress_of("j0"))
-        else:  # as soon as it can serve: the job's first batch is then surely held by a stopped worker
+        else:  # once the job has work for it (the worker starts in milliseconds, long before the job's batches)
             pid = watcher.wait_for(lambda e: e["event"] == "worker_started")["pid"]
+            watcher.wait_for(_progress_of("j0"))
         os.kill(pid, signal.SIGSTOP)
         stopped_at["t"] = time.monotonic()
 

@@ -1,109 +1,105 @@
-"""Dev tool: render the mouthwarp model on a portrait at several openness values and save a contact sheet.
+"""Dev tool: contact sheets of mouth crops over time from rendered videos, to judge the mouth by eye.
 
-    .venv/bin/python tools/contact_sheet.py [PORTRAIT] [--out /tmp/mouthwarp_sheet.png]
+    .venv/bin/python tools/contact_sheet.py OUT.mp4 [MORE.mp4 ...] [--out /tmp/mouth_sheet.png]
+        [--tiles 24] [--cols 8] [--scale 3] [--nearest]
 
-Row 1: the still portrait (live == reference) at openness 0, 0.25, 0.5, 0.75, 1.
-Row 2: a "talking template": the live frame already has an open mouth and darker, uneven light; the model must
-close it (openness 0) and re-open it with the requested openness.
-Row 3: the portrait with its lips closed (teeth warped away), as a neutral template face, at the same openness.
-Row 4: row 1 and the last of row 3 at their real size.
+For each video (one block per video, stacked, titled with the file name): `--tiles` frames evenly spaced over
+the video, each cut around the mouth and chin of the tracked face (the face detector runs on the video itself,
+as dhgen tracks an avatar) and enlarged `--scale` times (bicubic, or `--nearest` to see single pixels). Each
+tile is labelled with its frame index and the mouth openness dhgen computes from the video's own audio track,
+so an open mouth can be checked against the sound that asked for it. Give the before and after renders of the
+same job to compare them frame for frame.
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 
-from dhgen.composite import extract_crop, paste
-from dhgen.inference import load_predictor
-from dhgen.models import CropBatch
-from dhgen.options import ModelOptions
+from dhgen.audio import load_audio, mouth_openness
+from dhgen.avatar import probe_avatar
+from dhgen.face import track_faces
+from dhgen.options import FaceOptions
 
-OPENNESS = (0.0, 0.25, 0.5, 0.75, 1.0)
-
-
-def detect_face(frame: np.ndarray) -> tuple[int, int, int, int]:
-    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
-    gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
-    faces = cascade.detectMultiScale(gray, 1.1, 5, minSize=(40, 40))
-    return tuple(int(v) for v in max(faces, key=lambda f: f[2] * f[3]))
+MOUTH_AREA = (0.15, 0.52, 0.70, 0.55)  # x, y, w, h of the tile, in fractions of the face box
+TITLE_H = 22
 
 
-def render(predictor, frame, ref_frame, rect, openness):
-    size = predictor.spec.crop_size
-    crop, ref = extract_crop(frame, rect, size), extract_crop(ref_frame, rect, size)
-    batch = CropBatch(
-        crops=np.stack([crop] * len(openness)),
-        refs=np.stack([ref] * len(openness)),
-        cond=np.asarray(openness, dtype=np.float32),
-    )
-    out = predictor.predict(batch)
-    frames = []
-    for patch, alpha in zip(out.patches, out.alphas, strict=True):
-        f = frame.copy()
-        paste(f, rect, patch, alpha)
-        frames.append(f)
-    return frames
+def decode(path: Path) -> list[np.ndarray]:
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="bgr24") for f in container.decode(video=0)]
 
 
-def talking_template(predictor, frame, rect):
-    """A frame whose person already has the mouth open, under dimmer light falling off to one side."""
-    (opened,) = render(predictor, frame, frame, rect, [0.8])
-    h, w = frame.shape[:2]
-    ramp = np.linspace(0.6, 0.95, w, dtype=np.float32)[None, :, None]
-    return np.clip(opened.astype(np.float32) * ramp, 0, 255).astype(np.uint8)
+def openness_of(path: Path, fps, n: int) -> np.ndarray:
+    """The openness dhgen computes for each frame from the video's audio (NaN without an audio track)."""
+    try:
+        return mouth_openness(load_audio(path).samples, fps, n)
+    except Exception:  # noqa: BLE001 - a video without sound still gets its sheet
+        return np.full(n, np.nan)
 
 
-def closed_mouth(frame, rect):
-    """The portrait with its smile's teeth squeezed out (lips meet at the lip line): a closed-mouth test face."""
-    x0, y0, x1, y1 = rect
-    side = x1 - x0
-    ys, xs = np.mgrid[0 : frame.shape[0], 0 : frame.shape[1]].astype(np.float32)
-    u = np.clip((xs - (x0 + 0.5 * side)) / (0.29 * side), -1, 1)
-    lateral = (1 - u * u) ** 0.6 * ((xs > x0) & (xs < x1))
-    line = y0 + 0.485 * side
-    d = (ys - line) / side
-    up = 0.06 * lateral * np.clip(1 - (-d) / 0.14, 0, 1) ** 2  # above the line: read from further up
-    down = 0.055 * lateral * np.clip(1 - d / 0.16, 0, 1) ** 2  # below the line: read from further down
-    src_y = np.where(d < 0, ys - up * side, ys + down * side).astype(np.float32)
-    return cv2.remap(frame, xs, src_y, cv2.INTER_LINEAR)
-
-
-def zoom(frame, box, scale=4, area=(0.125, 0.55, 0.75, 0.65)):
-    """`area` (x, y, w, h in fractions of the face box) of the frame, enlarged; default: around the mouth."""
+def tile(frame: np.ndarray, box, scale: int, nearest: bool) -> np.ndarray:
     x, y, w, h = box
-    x0, y0 = max(0, x + int(w * area[0])), max(0, y + int(h * area[1]))
-    tile = frame[y0 : y0 + int(h * area[3]), x0 : x0 + int(w * area[2])]
-    return cv2.resize(tile, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+    ax, ay, aw, ah = MOUTH_AREA
+    tw, th = int(round(w * aw)), int(round(h * ah))
+    x0, y0 = int(round(x + w * ax)), int(round(y + h * ay))
+    padded = cv2.copyMakeBorder(frame, th, th, tw, tw, cv2.BORDER_CONSTANT, value=(40, 40, 40))
+    crop = padded[y0 + th : y0 + 2 * th, x0 + tw : x0 + 2 * tw]
+    interp = cv2.INTER_NEAREST if nearest else cv2.INTER_CUBIC
+    return cv2.resize(crop, (tw * scale, th * scale), interpolation=interp)
+
+
+def label(image: np.ndarray, text: str) -> np.ndarray:
+    out = image.copy()
+    cv2.putText(out, text, (3, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(out, text, (3, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+def block(path: Path, args, cache: Path) -> np.ndarray:
+    """One video's grid of labelled mouth tiles under a title."""
+    info = probe_avatar(path)
+    frames = decode(path)
+    track = track_faces(info, len(frames), FaceOptions(cache_dir=cache))
+    known = ~np.isnan(track.boxes[:, 0])
+    size = np.nanmedian(track.boxes[:, 2:], axis=0)  # one tile size for the whole video
+    openness = openness_of(path, info.fps, len(frames))
+    picks = np.unique(np.linspace(0, len(frames) - 1, args.tiles).round().astype(int))
+    tiles = []
+    for i in picks:
+        j = i if known[i] else int(np.flatnonzero(known)[np.abs(np.flatnonzero(known) - i).argmin()])
+        cx, cy = track.boxes[j, :2] + track.boxes[j, 2:] / 2
+        box = (cx - size[0] / 2, cy - size[1] / 2, size[0], size[1])
+        tiles.append(label(tile(frames[i], box, args.scale, args.nearest), f"{i} o={openness[i]:.2f}"))
+    while len(tiles) % args.cols:
+        tiles.append(np.zeros_like(tiles[0]))
+    rows = [np.hstack(tiles[k : k + args.cols]) for k in range(0, len(tiles), args.cols)]
+    grid = np.vstack([np.pad(r, ((0, 2), (0, 0), (0, 0))) for r in rows])
+    title = np.zeros((TITLE_H, grid.shape[1], 3), np.uint8)
+    cv2.putText(title, str(path), (4, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+    return np.vstack([title, grid])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("portrait", nargs="?", default="/work/shared/fixtures/astronaut.png")
-    parser.add_argument("--out", default="/tmp/mouthwarp_sheet.png")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("videos", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, default=Path("/tmp/mouth_sheet.png"))
+    parser.add_argument("--tiles", type=int, default=24, help="frames per video (default 24)")
+    parser.add_argument("--cols", type=int, default=8, help="tiles per row (default 8)")
+    parser.add_argument("--scale", type=int, default=3, help="enlargement (default 3)")
+    parser.add_argument("--nearest", action="store_true", help="enlarge without smoothing, to see pixels")
     args = parser.parse_args()
-    frame = cv2.imread(args.portrait)
-    predictor = load_predictor(ModelOptions(name="mouthwarp", device="cpu"))
-    box = detect_face(frame)
-    rect = predictor.spec.crop_rect(box, frame.shape[1], frame.shape[0])
-    still = render(predictor, frame, frame, rect, OPENNESS)
-    live = talking_template(predictor, frame, rect)
-    talking = render(predictor, live, frame, rect, OPENNESS)
-    closed = closed_mouth(frame, rect)
-    shut = render(predictor, closed, closed, rect, OPENNESS)
-    rows = [
-        np.hstack([zoom(f, box) for f in still]),
-        np.hstack([zoom(live, box)] + [zoom(f, box) for f in talking]),
-        np.hstack([zoom(f, box) for f in shut]),
-        np.hstack([zoom(f, box, scale=1, area=(-0.3, -0.35, 1.6, 1.7)) for f in still + shut[-1:]]),
-    ]
-    width = max(r.shape[1] for r in rows)
-    rows = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0))) for r in rows]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(args.out, np.vstack(rows))
+    with tempfile.TemporaryDirectory() as cache:
+        blocks = [block(path, args, Path(cache)) for path in args.videos]
+    width = max(b.shape[1] for b in blocks)
+    sheet = np.vstack([np.pad(b, ((0, 6), (0, width - b.shape[1]), (0, 0))) for b in blocks])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(args.out), sheet)
     print(args.out)  # noqa: T201
 
 

@@ -59,10 +59,10 @@ class InProcessExecutor:
 
     def _local_inference(self):
         if self._inference is None:
-            from dhgen.inference import load_predictor
             from dhgen.pipeline import LocalInference
+            from dhgen.serving import load_model
 
-            self._inference = LocalInference(load_predictor(self.options.model))
+            self._inference = LocalInference(load_model(self.options.model))
         return self._inference
 
 

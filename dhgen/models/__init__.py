@@ -1,7 +1,8 @@
 """Model registry: what each model needs from a job (crop geometry, conditioning), importable without torch.
 
-Job processes use these specs to cut crops and compute audio features; only inference workers import torch and
-the model implementations (`dhgen.models.mouthwarp`, `dhgen.models.wav2lip`).
+Job processes use these specs to cut crops and compute audio features. Inference workers load the models
+(`dhgen.serving.load_model`): a "numpy" model (`dhgen.models.mouthwarp`) is array maths that never imports torch;
+only a "torch" model (`dhgen.models.wav2lip`) brings torch into its worker, through `dhgen.inference`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class ModelSpec:
     conditioning: str  # "openness": one float per frame; "mel": an (80, 16) mel window per frame
     needs_checkpoint: bool
     cpu_bound: bool  # on a CPU, the model (not the encoder) limits the run: its worker gets every core
+    backend: str = "torch"  # "numpy": numpy/OpenCV on the CPU, no torch, any --device; "torch": dhgen.inference
 
     def crop_rect(self, box, frame_w: int, frame_h: int, pads=(0, 10, 0, 0)) -> Rect:
         """The frame rectangle handed to the model for a face box (x, y, w, h), clipped to the frame."""
@@ -40,7 +42,7 @@ class ModelSpec:
 
 SPECS = {
     "mouthwarp": ModelSpec(
-        "mouthwarp", crop_size=128, conditioning="openness", needs_checkpoint=False, cpu_bound=False
+        "mouthwarp", crop_size=128, conditioning="openness", needs_checkpoint=False, cpu_bound=False, backend="numpy"
     ),
     "wav2lip": ModelSpec("wav2lip", crop_size=96, conditioning="mel", needs_checkpoint=True, cpu_bound=True),
 }

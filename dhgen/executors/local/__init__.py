@@ -7,6 +7,14 @@ channel.py     a child's pipe, read and written by threads so the supervisor nev
 children.py    what every child does first, and how a dead one is described
 """
 
-from dhgen.executors.local.supervisor import Supervisor
-
 __all__ = ["Supervisor"]
+
+
+def __getattr__(name: str):
+    # Lazily: every child process imports this package (its entry points live here), and an inference worker
+    # should not pay for the supervisor's imports (PyAV, the writer, the result log) that it never uses.
+    if name == "Supervisor":
+        from dhgen.executors.local.supervisor import Supervisor
+
+        return Supervisor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

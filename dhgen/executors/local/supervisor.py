@@ -60,7 +60,6 @@ from dhgen.models import get_spec
 from dhgen.options import RenderOptions, RunOptions, job_options
 from dhgen.results import JobRecord, fill_outcome, new_record, utc_now
 from dhgen.retry import RetryPolicy
-from dhgen.writer import temp_path_for
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +194,8 @@ class Supervisor:
     def _worker_devices(self) -> list[str]:
         count = self.run_options.workers
         device = self.options.model.device
+        if get_spec(self.options.model.name).backend == "numpy":
+            return ["cpu"] * (count or 1)  # it needs no GPU: one CPU worker, however many GPUs there are
         if device == "auto" or device == "cuda":
             gpus = visible_gpu_count()
             if gpus:  # "auto:N": GPU N if this torch build can use it, else the CPU (decided in the worker)
@@ -208,7 +209,7 @@ class Supervisor:
         jobs = max(1, min(self.run_options.jobs, len(self._slots)))
         if device is None:
             return job_threads(self._cores, jobs)
-        return worker_threads(self._cores, jobs, device, get_spec(self.options.model.name).cpu_bound)
+        return worker_threads(self._cores, jobs, device, get_spec(self.options.model.name))
 
     def _spawn(self, kind: str, index: int, target, args: tuple, threads: int):
         """Start a child; its messages arrive in the inbox under a key no other child ever had."""
@@ -553,6 +554,8 @@ def _signal_quietly(proc, signum) -> None:
 
 def _remove_partial(output: Path, pid: int | None) -> None:
     """Remove what a killed job process left at its temp path (never the output itself)."""
+    from dhgen.writer import temp_path_for  # here: the supervisor process has no other use for PyAV or OpenCV
+
     if pid is not None:
         try:
             temp_path_for(Path(output), pid).unlink(missing_ok=True)

@@ -185,7 +185,8 @@ def probe_nodes(address: str | None) -> dict:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         alive = [n for n in nodes(ray) if n.alive]
-        remote = ray.remote(num_cpus=0, max_retries=0)(node_report)
+        # max_calls=1: the worker that imported torch for the report exits, so no job task later reuses it.
+        remote = ray.remote(num_cpus=0, max_retries=0, max_calls=1)(node_report)
         refs = [
             remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n.node_id, soft=False)).remote()
             for n in alive

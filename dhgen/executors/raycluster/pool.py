@@ -138,9 +138,10 @@ class Pool:
         return self.nodes.get(node_id)
 
     def _add_node(self, info: NodeInfo) -> None:
-        gpus = int(info.gpus) if self.options.model.device != "cpu" else 0
+        on_gpu = self.options.model.device != "cpu" and get_spec(self.options.model.name).backend == "torch"
+        gpus = int(info.gpus) if on_gpu else 0  # a numpy model needs no GPU: one CPU actor per node
         capacity = min(self.run.jobs, int(info.cpus))
-        if capacity < 1 or (self.options.model.device.startswith("cuda") and not gpus):
+        if capacity < 1 or (on_gpu and self.options.model.device.startswith("cuda") and not gpus):
             log.info("node %s runs no jobs (%g CPUs, %g GPUs)", info.label, info.cpus, info.gpus)
             self._ignored.add(info.node_id)
             return
@@ -153,7 +154,7 @@ class Pool:
     def _start_actor(self, node: Node, gpu: bool) -> Actor:
         device = ("cuda" if self.options.model.device.startswith("cuda") else "auto") if gpu else "cpu"
         model = dataclasses.replace(self.options.model, device=device)
-        threads = worker_threads(int(node.info.cpus), node.capacity, device, get_spec(model.name).cpu_bound)
+        threads = worker_threads(int(node.info.cpus), node.capacity, device, get_spec(model.name))
         env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
         handle = self._actor_class.options(
             num_cpus=0,
