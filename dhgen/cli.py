@@ -418,16 +418,26 @@ def report(
     failed_manifest: Annotated[
         Path | None, typer.Option(help="write the failed and missing jobs here, as a manifest to render again")
     ] = None,
+    verify: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="OTHER",
+            help="compare each job's frames_digest with another batch's (its --out folder or a result log)",
+        ),
+    ] = None,
 ) -> None:
-    """Summarise a batch from every result log in OUT_DIR (shards included); exit 1 if a job failed or is missing."""
+    """Summarise a batch from every result log in OUT_DIR (shards included); exit 1 if a job failed or is missing
+    (or, with --verify, made other frames than the other batch)."""
     import json
 
     from rich.console import Console
 
-    from dhgen.report import build_report, report_lines, report_renderables, write_failed_manifest
+    from dhgen.report import build_report, report_lines, report_renderables, verify_against, write_failed_manifest
 
     try:
         batch = build_report(out_dir, manifest)
+        if verify is not None:
+            verify_against(batch, verify)
         again = write_failed_manifest(batch, failed_manifest) if failed_manifest else None
     except UsageError as exc:
         _fail(exc, EXIT_USAGE)

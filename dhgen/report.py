@@ -3,13 +3,14 @@
     results.jsonl, results.shard-K-of-N.jsonl ──► last record of each job ──► BatchReport ──► JSON / plain / Rich
     manifest (optional) ──► the jobs there should be: a job without a record is missing
 
-`build_report` does the reading (logs, manifest); everything after it is pure. A check of the outputs
-themselves (`--verify`: re-reading them against their records) would run between reading and summarising, over
-`BatchReport.records`; it is not built here. `jobs_to_render_again` feeds `--failed-manifest`.
+`build_report` does the reading (logs, manifest); everything after it is pure. `verify_against` (`--verify
+OTHER`) compares each done job's `frames_digest` with another batch's (last night's folder, the same batch
+rendered by another executor or build: `dhgen.verify`). `jobs_to_render_again` feeds `--failed-manifest`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -24,6 +25,7 @@ from dhgen.options import JobSettings
 from dhgen.progress import STATUS_STYLE, format_duration
 from dhgen.results import last_records_of, result_logs
 from dhgen.shards import shard_in_name, shard_of
+from dhgen.verify import Verification, compare_records
 
 SLOWEST = 5  # jobs listed as the slowest
 SHOWN = 20  # ids listed in plain text and tables before "... and N more" (--json lists all)
@@ -39,6 +41,7 @@ class BatchReport:
     manifest: Path | None = None
     ignored: int = 0  # jobs that have records but are not in the manifest
     order: list[str] = field(default_factory=list)  # job ids in the order they are listed
+    verification: Verification | None = None  # --verify OTHER: frames digests against another batch's
 
     def __post_init__(self) -> None:
         self.order = [job.id for job in self.jobs] if self.jobs is not None else sorted(self.records)
@@ -61,7 +64,8 @@ class BatchReport:
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.failed or self.missing or not self.records else 0
+        unverified = self.verification is not None and not self.verification.ok
+        return 1 if self.failed or self.missing or not self.records or unverified else 0
 
     @property
     def missing_shards(self) -> list[str] | None:
@@ -108,6 +112,7 @@ class BatchReport:
             "render_seconds": self.render_seconds,
             "wall_seconds": self.wall_seconds,
             "ignored_records": self.ignored,
+            "verify": _verification(self.verification),
         }
 
 
@@ -130,6 +135,20 @@ def build_report(out_dir: str | Path, manifest: str | Path | None = None) -> Bat
     wanted = {job.id for job in jobs}
     kept = {job_id: r for job_id, r in records.items() if job_id in wanted}
     return BatchReport(out_dir, logs, kept, jobs, Path(manifest), ignored=len(records) - len(kept))
+
+
+def verify_against(report: BatchReport, other: str | Path) -> BatchReport:
+    """`report` with its done jobs' frames digests checked against `other`: an output folder (every result log in
+    it) or one result log. UsageError when `other` holds no result log."""
+    other = Path(other)
+    logs = result_logs(other) if other.is_dir() else [other] if other.is_file() else []
+    if not logs:
+        raise UsageError(f"--verify {other}: no result log there", hint="give another batch's --out folder or log")
+    done = {job_id: r for job_id, r in report.records.items() if r.get("status") in DONE}
+    theirs = last_records_of(logs)
+    reference = {job_id: theirs.get(job_id) for job_id in done}  # expected: the other batch's; actual: this one's
+    report.verification = compare_records(reference, done)
+    return report
 
 
 # --- rendering again ---------------------------------------------------------------------------------------------
@@ -181,6 +200,8 @@ def report_lines(report: BatchReport) -> list[str]:
     if report.slowest():
         lines.append("slowest jobs:")
         lines += [f"  {line}" for line in _aligned(_slowest_rows(report))]
+    if report.verification is not None:
+        lines += report.verification.lines()
     lines += [_totals(report), f"verdict: {_verdict(report)}"]
     return lines
 
@@ -212,6 +233,8 @@ def report_renderables(report: BatchReport) -> list[RenderableType]:
         for row in _slowest_rows(report):
             slow.add_row(*row)
         out.append(slow)
+    if report.verification is not None:
+        out += [Text(line, style="" if report.verification.ok else "red") for line in report.verification.lines()]
     style = "bold green" if report.exit_code == 0 else "bold red"
     out += [Text(_totals(report)), Text(f"verdict: {_verdict(report)}", style=style)]
     return out
@@ -271,8 +294,18 @@ def _verdict(report: BatchReport) -> str:
         return "no job recorded"
     counts = report.counts
     if report.exit_code == 0:
-        return f"all {len(report.records)} job(s) done"
+        return f"all {len(report.records)} job(s) done" + (", frames as verified" if report.verification else "")
+    if not report.failed and not report.missing:
+        return f"all {len(report.records)} job(s) done, but their frames differ from the other batch's"
     return f"{counts['failed']} failed, {counts['missing']} missing of {len(report.order)}"
+
+
+def _verification(verification: Verification | None) -> dict | None:
+    if verification is None:
+        return None
+    counts = {o: len(verification.of(o)) for o in ("match", "mismatch", "missing")}
+    unmatched = [dataclasses.asdict(c) for c in verification.checks if c.outcome != "match"]
+    return {"ok": verification.ok, **counts, "unmatched": unmatched}
 
 
 def _failure(record: dict) -> dict:

@@ -213,3 +213,36 @@ def test_a_failed_manifest_that_cannot_be_written_is_an_output_error(tmp_path):
     code, _, err = report_cli(tmp_path, "--failed-manifest", tmp_path / "blocker" / "failed.csv")
     assert code == 1 and "blocker" in err and "hint:" in err
     assert (tmp_path / "blocker").read_text() == "a file where a folder should be"
+
+
+def test_verify_compares_frames_digests_with_another_batch(tmp_path, options):
+    """Two real renders of the same jobs (in-process here, under the supervisor there) make the same frames; a
+    batch whose log says otherwise fails the check, naming the job."""
+    write_clip(tmp_path / "in" / "a.wav", 0.4)
+    write_clip(tmp_path / "in" / "b.wav", 0.4, start=1.0)
+    (tmp_path / "in" / "p.png").symlink_to(FIXTURES / "portrait.png")
+    manifest = tmp_path / "in" / "jobs.csv"
+    manifest.write_text("id,audio,avatar\na,a.wav,p.png\nb,b.wav,p.png\n")
+    first, second = tmp_path / "first", tmp_path / "second"
+    render(read_manifest(manifest, first), options, RunOptions(out_dir=first), executor=InProcessExecutor(options))
+    render(read_manifest(manifest, second), options, RunOptions(out_dir=second, jobs=2))
+
+    code, out, _ = report_cli(second, "--verify", first)
+    assert code == 0, out
+    assert "frames_digest: 2 match, 0 mismatch, 0 missing" in out and "frames as verified" in out
+
+    log = first / "results.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    records[1]["frames_digest"] = "0" * 64  # as if another build had made other frames for b
+    log.write_text("".join(json.dumps(r) + "\n" for r in records))
+    code, out, _ = report_cli(second, "--verify", log, "--json")
+    verify = json.loads(out)["verify"]
+    assert code == 1 and not verify["ok"] and (verify["match"], verify["mismatch"]) == (1, 1)
+    assert [(c["job_id"], c["outcome"], c["expected"]) for c in verify["unmatched"]] == [("b", "mismatch", "0" * 64)]
+
+
+def test_verify_against_a_folder_without_a_log_exits_2(tmp_path):
+    write_log(tmp_path / "out" / "results.jsonl", record("a"))
+    (tmp_path / "empty").mkdir()
+    code, _, err = report_cli(tmp_path / "out", "--verify", tmp_path / "empty")
+    assert code == 2 and "--verify" in err and "no result log" in err and "hint:" in err
