@@ -181,6 +181,7 @@ class RayExecutor:
         slot.record.errors.append(record)
         action = f"{record.get('replayed', 0)} batch(es) replayed on the restarted actor"
         self._emit(events.incident(record, job_id=slot.job.id, node=actor.node.ip, action=action))
+        self._pool.replayed_by_job(actor, record.get("replacement_pid"), time.monotonic())
 
     def _on_done(self, slot: _Slot, outcome, data: bytes | None) -> None:
         if data is not None:

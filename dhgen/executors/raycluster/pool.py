@@ -276,6 +276,12 @@ class Pool:
         )
         actor.rewatch_at = now + REWATCH_PAUSE_S  # the new watch answers once the restarted process is ready
 
+    def replayed_by_job(self, actor: Actor, replacement_pid: int | None, now: float) -> None:
+        """A job found `actor`'s process dead and replayed its batches on the replacement. If the driver has heard
+        neither of this death nor of the replacement yet (a short job can finish first), the death is noted now."""
+        if actor.usable and not actor.death_noted and replacement_pid != actor.pid:
+            self._actor_died(actor, None, now)
+
     def _give_up(self, actor: Actor, record: dict) -> None:
         actor.failed = record
         self.last_loss = record
