@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 from dhgen import events
 from dhgen.errors import failure_record
+from dhgen.executors.slots import retrying
 from dhgen.options import RenderOptions, job_options
 from dhgen.results import JobRecord, fill_outcome, new_record, utc_now
 from dhgen.retry import RetryPolicy
@@ -32,7 +33,7 @@ class InProcessExecutor:
             started = time.monotonic()
             while not self._attempt(job, record, emit):
                 delay = self.retry.delay(record.attempts)
-                emit(events.incident(record.errors[-1], job_id=job.id, action=_retrying(delay, record.attempts)))
+                emit(events.incident(record.errors[-1], job_id=job.id, action=retrying(delay, record.attempts)))
                 time.sleep(delay)
             record.elapsed_s = round(time.monotonic() - started, 3)
             record.finished_at = utc_now()
@@ -64,7 +65,3 @@ class InProcessExecutor:
 
             self._inference = LocalInference(load_model(self.options.model))
         return self._inference
-
-
-def _retrying(delay: float, attempt: int) -> str:
-    return f"retrying in {delay:.1f}s (attempt {attempt + 1})"

@@ -53,6 +53,7 @@ from dhgen.executors.local.children import (
 from dhgen.executors.local.jobproc import job_main
 from dhgen.executors.local.workerproc import worker_main
 from dhgen.executors.shares import job_threads, worker_threads
+from dhgen.executors.slots import JobSlot, retrying
 from dhgen.executors.stopping import StopSignals
 from dhgen.liveness import PROGRESS_EVERY_S, AttemptProgress, Limits
 from dhgen.manifest import Job
@@ -90,7 +91,7 @@ class _JobProcess:
     proc: mp.process.BaseProcess
     channel: Channel
     crash_path: Path
-    slot: _Slot | None = None  # the job it is rendering; None while idle
+    slot: JobSlot | None = None  # the job it is rendering; None while idle
 
 
 @dataclass
@@ -107,17 +108,6 @@ class _Attempt:
     @property
     def channel(self) -> Channel:
         return self.process.channel
-
-
-@dataclass
-class _Slot:
-    job: Job
-    record: JobRecord
-    attempt_no: int = 0
-    running: _Attempt | None = None
-    not_before: float = 0.0
-    finished: bool = False
-    t0: float = 0.0
 
 
 @dataclass
@@ -152,7 +142,7 @@ class Supervisor:
         if not jobs:
             return
         self._emit = emit
-        self._slots = {job.id: _Slot(job, new_record(job, fingerprints[job.id])) for job in jobs}
+        self._slots = {job.id: JobSlot(job, new_record(job, fingerprints[job.id])) for job in jobs}
         self._queue: deque[_Item] = deque()
         self._workers: dict[int, _Worker] = {}
         self._job_procs: dict[tuple, _JobProcess] = {}
@@ -242,12 +232,8 @@ class Supervisor:
             self._start_attempt(slot)
             running += 1
 
-    def _start_attempt(self, slot: _Slot) -> None:
-        slot.attempt_no += 1
-        slot.record.attempts = slot.attempt_no
-        if slot.attempt_no == 1:
-            slot.t0 = time.monotonic()
-            slot.record.started_at = utc_now()
+    def _start_attempt(self, slot: JobSlot) -> None:
+        slot.begin_attempt(time.monotonic())
         process = self._idle_job_process() or self._spawn_job_process()
         process.slot = slot
         process.channel.send(("job", slot.job, job_options(self.options, slot.job, slot.record.errors)))
@@ -280,7 +266,7 @@ class Supervisor:
         if slot is not None and slot.running is not None and slot.running.process is process:
             self._on_job_message(slot, message)
 
-    def _on_job_message(self, slot: _Slot, message) -> None:
+    def _on_job_message(self, slot: JobSlot, message) -> None:
         kind = message[0]
         attempt = slot.running
         attempt.progress.last_activity = time.monotonic()
@@ -339,7 +325,7 @@ class Supervisor:
         slot.running.progress.last_activity = time.monotonic()
         slot.running.channel.send(message)
 
-    def _emit_progress(self, slot: _Slot, force: bool) -> None:
+    def _emit_progress(self, slot: JobSlot, force: bool) -> None:
         now = time.monotonic()
         progress = slot.running.progress
         if progress.event_due(now, force):
@@ -460,33 +446,27 @@ class Supervisor:
             if verdict is not None:
                 self._kill_attempt(slot, verdict)
 
-    def _kill_attempt(self, slot: _Slot, error) -> None:
+    def _kill_attempt(self, slot: JobSlot, error) -> None:
         attempt = slot.running
         attempt.ended_as = {**error.to_record(), "pid": attempt.proc.pid, "time": utc_now()}
         attempt.proc.kill()
 
     # --- endings -----------------------------------------------------------------------------------------------
 
-    def _end_attempt(self, slot: _Slot) -> None:
+    def _end_attempt(self, slot: JobSlot) -> None:
         """The job process reported the end of its job: it is idle again, ready for the next."""
         attempt, slot.running = slot.running, None
         attempt.process.slot = None
 
-    def _attempt_failed(self, slot: _Slot, error: dict) -> None:
-        slot.record.errors.append(error)
-        if self._stop.signum is None and self._retry.should_retry(error, slot.attempt_no, slot.record.errors):
-            delay = self._retry.delay(slot.attempt_no)
-            slot.not_before = time.monotonic() + delay
-            action = f"retrying in {delay:.1f}s (attempt {slot.attempt_no + 1})"
-            self._emit(events.incident(error, job_id=slot.job.id, action=action))
-            return
-        slot.record.error = error
-        self._finish(slot)
+    def _attempt_failed(self, slot: JobSlot, error: dict) -> None:
+        delay = slot.attempt_failed(error, self._retry, self._stop.signum is not None, time.monotonic())
+        if delay is None:
+            self._done.append(slot.record)
+        else:
+            self._emit(events.incident(error, job_id=slot.job.id, action=retrying(delay, slot.attempt_no)))
 
-    def _finish(self, slot: _Slot) -> None:
-        slot.finished = True
-        slot.record.finished_at = utc_now()
-        slot.record.elapsed_s = round(time.monotonic() - slot.t0, 3)
+    def _finish(self, slot: JobSlot) -> None:
+        slot.finish(time.monotonic())
         self._done.append(slot.record)
 
     def _incident(self, record: dict, job_ids: list[str], **details) -> None:

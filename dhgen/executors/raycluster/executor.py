@@ -28,6 +28,7 @@ from dhgen.executors.raycluster.cluster import Connection
 from dhgen.executors.raycluster.failures import job_failure, node_lost
 from dhgen.executors.raycluster.jobtask import TaskSpec, remove_work_folder, run_job
 from dhgen.executors.raycluster.pool import Actor, Node, Pool
+from dhgen.executors.slots import JobSlot, retrying
 from dhgen.executors.stopping import StopSignals
 from dhgen.liveness import AttemptProgress, Limits
 from dhgen.manifest import Job
@@ -56,17 +57,6 @@ class _Attempt:
     cancelled_at: float = 0.0
 
 
-@dataclass(eq=False)
-class _Slot:
-    job: Job
-    record: JobRecord
-    attempt_no: int = 0
-    running: _Attempt | None = None
-    not_before: float = 0.0
-    finished: bool = False
-    t0: float = 0.0
-
-
 class RayExecutor:
     """Executor that runs jobs on a Ray cluster (see the package docstring)."""
 
@@ -92,8 +82,8 @@ class RayExecutor:
     def _prepare(self, ray, jobs: list[Job], fingerprints: dict, emit: EventFn) -> None:
         self.ray, self._emit = ray, emit
         self._run_id = uuid.uuid4().hex[:12]
-        self._slots = {job.id: _Slot(job, new_record(job, fingerprints[job.id])) for job in jobs}
-        self._by_stream: dict[int, _Slot] = {}
+        self._slots = {job.id: JobSlot(job, new_record(job, fingerprints[job.id])) for job in jobs}
+        self._by_stream: dict[int, JobSlot] = {}
         self._unclean: set[str] = set()  # nodes where an attempt ended without cleaning up after itself
         self._done: deque[JobRecord] = deque()
         self._inputs = None if self.run_options.ray_shared_fs else Inputs(ray, jobs)
@@ -157,13 +147,13 @@ class RayExecutor:
 
     # --- what an attempt reports -------------------------------------------------------------------------
 
-    def _on_started(self, slot: _Slot, info: dict) -> None:
+    def _on_started(self, slot: JobSlot, info: dict) -> None:
         attempt = slot.running
         attempt.pid = info["pid"]
         node = attempt.actor.node
         self._emit(events.job_started(slot.job.id, slot.attempt_no, attempt.pid, node=node.ip, node_id=node.node_id))
 
-    def _on_progress(self, slot: _Slot, counters: dict, waiting: bool) -> None:
+    def _on_progress(self, slot: JobSlot, counters: dict, waiting: bool) -> None:
         attempt, now = slot.running, time.monotonic()
         new_stages = [attempt.progress.count(k, v, now) for k, v in counters.items()]
         attempt.waiting = waiting
@@ -175,7 +165,7 @@ class RayExecutor:
                 )
             )
 
-    def _on_incident(self, slot: _Slot, record: dict) -> None:
+    def _on_incident(self, slot: JobSlot, record: dict) -> None:
         actor = slot.running.actor
         record = {**record, "worker": actor.index, "node": actor.node.ip, "node_id": actor.node.node_id}
         slot.record.errors.append(record)
@@ -183,7 +173,7 @@ class RayExecutor:
         self._emit(events.incident(record, job_id=slot.job.id, node=actor.node.ip, action=action))
         self._pool.replayed_by_job(actor, record.get("replacement_pid"), time.monotonic())
 
-    def _on_done(self, slot: _Slot, outcome, data: bytes | None) -> None:
+    def _on_done(self, slot: JobSlot, outcome, data: bytes | None) -> None:
         if data is not None:
             try:
                 make_output_folder(slot.job.output)
@@ -195,10 +185,10 @@ class RayExecutor:
         self._end_attempt(slot)
         self._finish(slot)
 
-    def _on_failed(self, slot: _Slot, record: dict) -> None:
+    def _on_failed(self, slot: JobSlot, record: dict) -> None:
         self._attempt_failed(slot, record)
 
-    def _stream_ended(self, slot: _Slot, exc: BaseException | None) -> None:
+    def _stream_ended(self, slot: JobSlot, exc: BaseException | None) -> None:
         """The task ended without its last item: Ray says why (`exc`), or the driver cancelled it."""
         attempt = slot.running
         node = attempt.actor.node
@@ -227,12 +217,8 @@ class RayExecutor:
                 return
             self._start_attempt(slot, actor, now)
 
-    def _start_attempt(self, slot: _Slot, actor: Actor, now: float) -> None:
-        slot.attempt_no += 1
-        slot.record.attempts = slot.attempt_no
-        if slot.attempt_no == 1:
-            slot.t0 = now
-            slot.record.started_at = utc_now()
+    def _start_attempt(self, slot: JobSlot, actor: Actor, now: float) -> None:
+        slot.begin_attempt(now)
         try:
             audio, avatar = self._inputs.refs(slot.job) if self._inputs else (None, None)
             if self._inputs is not None:
@@ -278,7 +264,7 @@ class RayExecutor:
                 record = {**verdict.to_record(), "pid": attempt.pid, "node": attempt.actor.node.ip, "time": utc_now()}
                 self._cancel(slot, record)
 
-    def _cancel(self, slot: _Slot, record: dict) -> None:
+    def _cancel(self, slot: JobSlot, record: dict) -> None:
         """End an attempt by force; it fails with `record` once Ray confirms (its stream ends)."""
         attempt = slot.running
         attempt.ended_as, attempt.cancelled_at = record, time.monotonic()
@@ -324,7 +310,7 @@ class RayExecutor:
 
     # --- endings -------------------------------------------------------------------------------------------
 
-    def _end_attempt(self, slot: _Slot) -> None:
+    def _end_attempt(self, slot: JobSlot) -> None:
         attempt, slot.running = slot.running, None
         if attempt is None:
             return
@@ -333,22 +319,20 @@ class RayExecutor:
         if self.run_options.ray_shared_fs and attempt.pid is not None:
             _remove_partial(slot.job.output, attempt.pid)
 
-    def _attempt_failed(self, slot: _Slot, error: dict) -> None:
+    def _attempt_failed(self, slot: JobSlot, error: dict) -> None:
         self._end_attempt(slot)
-        slot.record.errors.append(error)
-        if self._stop.signum is None and self._retry.should_retry(error, slot.attempt_no, slot.record.errors):
-            delay = self._retry.delay(slot.attempt_no)
-            slot.not_before = time.monotonic() + delay
-            action = f"retrying in {delay:.1f}s (attempt {slot.attempt_no + 1})"
+        delay = slot.attempt_failed(error, self._retry, self._stop.signum is not None, time.monotonic())
+        if delay is None:
+            self._job_done(slot)
+        else:
+            action = retrying(delay, slot.attempt_no)
             self._emit(events.incident(error, job_id=slot.job.id, action=action, **_where(error)))
-            return
-        slot.record.error = error
-        self._finish(slot)
 
-    def _finish(self, slot: _Slot) -> None:
-        slot.finished = True
-        slot.record.finished_at = utc_now()
-        slot.record.elapsed_s = round(time.monotonic() - slot.t0, 3) if slot.t0 else 0.0
+    def _finish(self, slot: JobSlot) -> None:
+        slot.finish(time.monotonic())
+        self._job_done(slot)
+
+    def _job_done(self, slot: JobSlot) -> None:
         if self._inputs is not None:
             self._inputs.release(slot.job)
         self._done.append(slot.record)
