@@ -65,6 +65,15 @@ class EventWatcher:
         return thread
 
 
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def frame_digests(path: Path) -> list[str]:
     """md5 of every decoded video frame of an output (which must have a video and an audio stream)."""
     with av.open(str(path)) as container:

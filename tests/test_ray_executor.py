@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, RAY_NODE, EventWatcher, frame_digests, write_clip
+from conftest import FIXTURES, RAY_NODE, EventWatcher, alive, frame_digests, write_clip
 
 from dhgen.manifest import Job
 from dhgen.options import EncodeOptions, ModelOptions, RenderOptions, RunOptions
@@ -84,14 +84,6 @@ def _wait_until(predicate, timeout: float = 30.0, what: str = "condition") -> No
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.1)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def _no_partials(folder: Path) -> bool:
@@ -235,14 +227,14 @@ def test_a_stopped_remote_job_is_stalled_cancelled_and_retried(ray_cluster, tmp_
     try:
         summary = _ray_run(ray_cluster, tmp_path, _jobs(tmp_path, 1, AUDIO), watcher, stall_timeout=2.0)
     finally:
-        if stopped and _alive(stopped["pid"]):
+        if stopped and alive(stopped["pid"]):
             os.kill(stopped["pid"], signal.SIGCONT)
 
     (record,) = summary.records
     assert record.status == "succeeded" and record.attempts == 2
     (stall,) = record.errors
     assert stall["type"] == "Stalled" and "no progress for 2s" in stall["message"] and stall["node"] == "127.0.0.1"
-    assert not _alive(stopped["pid"])  # the forced cancel ended the stopped process
+    assert not alive(stopped["pid"])  # the forced cancel ended the stopped process
 
 
 def test_a_stopped_actor_is_stalled_killed_and_restarted_and_its_jobs_go_on(ray_cluster, tmp_path, local_digests):
@@ -259,7 +251,7 @@ def test_a_stopped_actor_is_stalled_killed_and_restarted_and_its_jobs_go_on(ray_
     assert [(r.status, r.attempts) for r in summary.records] == [("succeeded", 1), ("succeeded", 1)]
     (stall,) = [e for e in watcher.events if e["event"] == "incident" and "worker" in e]
     assert stall["error"]["type"] == "Stalled" and "made no progress for 2s" in stall["error"]["message"]
-    assert stall["error"]["pid"] == stopped["pid"] and not _alive(stopped["pid"])
+    assert stall["error"]["pid"] == stopped["pid"] and not alive(stopped["pid"])
     assert any(e["type"] == "WorkerCrashed" and e["replayed"] >= 1 for r in summary.records for e in r.errors)
     for r in summary.records:
         assert frame_digests(Path(r.output)) == local_digests["short"]
@@ -375,7 +367,7 @@ def test_sigterm_to_the_driver_stops_the_run_on_the_cluster_and_resume_finishes_
     assert time.monotonic() - started < 10
     events = [json.loads(line) for line in stdout.splitlines()]
     pids = {e["pid"] for e in events if e["event"] in ("job_started", "worker_started")}
-    _wait_until(lambda: not any(_alive(pid) for pid in pids), 10, "the run's processes to end")
+    _wait_until(lambda: not any(alive(pid) for pid in pids), 10, "the run's processes to end")
     _wait_until(lambda: not _live_actors(), 10, "the run's actors to go")
     done = {r["job_id"] for r in _records(out)}
     assert 1 <= len(done) < 6
@@ -432,4 +424,4 @@ def test_without_an_address_a_private_ray_on_127_0_0_1_runs_the_batch_and_is_gon
     assert driver.returncode == 0, stderr[-3000:]
     assert frame_digests(tmp_path / "o.mp4")
     assert seen and all(a in ("127.0.0.1", "[::ffff:127.0.0.1]") for addresses in seen.values() for a in addresses)
-    _wait_until(lambda: not any(_alive(pid) for pid in seen), 15, "the private Ray to stop")
+    _wait_until(lambda: not any(alive(pid) for pid in seen), 15, "the private Ray to stop")

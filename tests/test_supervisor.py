@@ -12,7 +12,7 @@ from pathlib import Path
 
 import av
 import pytest
-from conftest import FIXTURES, EventWatcher, frame_digests
+from conftest import FIXTURES, EventWatcher, alive, frame_digests
 
 from dhgen.encoders import probe
 from dhgen.executors.inprocess import InProcessExecutor
@@ -51,14 +51,6 @@ def _children_of(pid: int) -> list[int]:
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
                 kids.append(int(entry))
     return kids
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def test_killed_worker_is_replaced_and_every_job_succeeds(tmp_path):
@@ -201,7 +193,7 @@ def test_sigterm_stops_cleanly_and_resume_finishes_the_rest(tmp_path):
     cli.send_signal(signal.SIGTERM)
     assert cli.wait(timeout=15) == 143
     assert time.monotonic() - started < 10
-    _wait_until(lambda: not any(_alive(pid) for pid in children), timeout=5)
+    _wait_until(lambda: not any(alive(pid) for pid in children), timeout=5)
     assert (out / "j0.mp4").exists() and not (out / "j1.mp4").exists()
     assert not list(out.glob(".*partial*"))
     assert len(_records(out)) == 1
@@ -222,7 +214,7 @@ def test_sigkill_of_the_supervisor_leaves_no_child(tmp_path):
     children = _children_of(cli.pid)
     cli.kill()
     cli.wait()
-    _wait_until(lambda: not any(_alive(pid) for pid in children), timeout=5)
+    _wait_until(lambda: not any(alive(pid) for pid in children), timeout=5)
 
 
 def test_a_second_run_on_the_same_folder_exits_75(tmp_path):
