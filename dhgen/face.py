@@ -33,7 +33,7 @@ from dhgen.options import FaceOptions
 log = logging.getLogger(__name__)
 
 CASCADE = "haarcascade_frontalface_default.xml"
-CACHE_VERSION = 2  # bump when the tracking maths changes, so old cache entries are not reused
+CACHE_VERSION = 3  # bump when the tracking maths changes, so old cache entries are not reused
 SHRINK_LIMIT = 0.6  # a face found this much smaller than the one tracked a few strides before is a false hit
 SHRINK_WINDOW = 4  # ... "a few": this many strides
 Box = tuple[float, float, float, float]  # x, y, w, h in frame pixels
@@ -125,14 +125,20 @@ def _detection_image(frame: np.ndarray, detect_width: int) -> tuple[np.ndarray, 
     return gray, scale
 
 
-def cascade_faces(cascade: cv2.CascadeClassifier, gray: np.ndarray) -> list[Box]:
+def cascade_faces(cascade: cv2.CascadeClassifier, gray: np.ndarray) -> list[tuple[Box, float]]:
+    """The faces the cascade finds, each with its confidence (the cascade's level weight: a real face scores
+    several times what a patch of background or an eye does)."""
     min_side = max(20, min(gray.shape[:2]) // 12)
-    faces = cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(min_side, min_side))
-    return [tuple(float(v) for v in face) for face in faces]
+    faces, _, weights = cascade.detectMultiScale3(
+        gray, scaleFactor=1.1, minNeighbors=5, minSize=(min_side, min_side), outputRejectLevels=True
+    )
+    return [(tuple(float(v) for v in face), float(w)) for face, w in zip(faces, np.ravel(weights), strict=True)]
 
 
-def _pick(faces: list[Box], previous: Box | None, recent: Box | None = None) -> Box | None:
-    """The largest face, or, once a face is tracked, the one nearest it among those at least half as large.
+def _pick(faces: list[tuple[Box, float]], previous: Box | None, recent: Box | None = None) -> Box | None:
+    """The most confident face, or, once a face is tracked, the one nearest it among those at least half as large
+    as the most confident one. (The largest is not the safest first pick: on the astronaut portrait the cascade
+    also fires, larger but with a fifth of the confidence, on the helmet beside the face.)
 
     None when that face is much smaller than a `recent` detection (SHRINK_LIMIT): a face does not shrink to
     half its size within a few strides, but the cascade does fire on an eye or the background in a frame
@@ -141,11 +147,11 @@ def _pick(faces: list[Box], previous: Box | None, recent: Box | None = None) -> 
     """
     if not faces:
         return None
-    largest = max(faces, key=lambda b: b[2] * b[3])
+    surest = max(faces, key=lambda face: face[1])[0]
     if previous is None:
-        return largest
+        return surest
     px, py = previous[0] + previous[2] / 2, previous[1] + previous[3] / 2
-    big = [b for b in faces if b[2] * b[3] >= 0.5 * largest[2] * largest[3]]
+    big = [b for b, _ in faces if b[2] * b[3] >= 0.5 * surest[2] * surest[3]]
     box = min(big, key=lambda b: (b[0] + b[2] / 2 - px) ** 2 + (b[1] + b[3] / 2 - py) ** 2)
     if recent is not None and box[2] < SHRINK_LIMIT * recent[2]:
         return None
