@@ -45,13 +45,19 @@ def clips(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def local_digests(clips, tmp_path_factory) -> dict[str, list[str]]:
-    """Each clip rendered by the local supervisor: the frames the Ray executor must reproduce."""
+def local_records(clips, tmp_path_factory) -> dict:
+    """Each clip rendered by the local supervisor: the records (and outputs) the Ray executor must reproduce."""
     out = tmp_path_factory.mktemp("local")
     jobs = [Job(name, audio, AVATAR, out / f"{name}.mp4") for name, audio in clips.items()]
     summary = render(jobs, OPTIONS, RunOptions(out_dir=out, jobs=2))
     assert [r.status for r in summary.records] == ["succeeded"] * len(jobs)
-    return {r.job_id: frame_digests(Path(r.output)) for r in summary.records}
+    return {r.job_id: r for r in summary.records}
+
+
+@pytest.fixture(scope="module")
+def local_digests(local_records) -> dict[str, list[str]]:
+    """The decoded frames of each local output, one md5 per frame."""
+    return {job_id: frame_digests(Path(r.output)) for job_id, r in local_records.items()}
 
 
 def _jobs(tmp_path: Path, n: int, audio: Path = SHORT_AUDIO) -> list[Job]:
@@ -91,7 +97,7 @@ def _no_partials(folder: Path) -> bool:
 
 
 def test_a_batch_renders_across_the_nodes_frame_for_frame_like_the_local_executor(
-    ray_cluster, tmp_path, clips, local_digests
+    ray_cluster, tmp_path, clips, local_digests, local_records
 ):
     work_before = set(WORK_ROOT.glob("*")) if WORK_ROOT.exists() else set()
     jobs = [Job(name, audio, AVATAR, tmp_path / f"{name}.mp4") for name, audio in clips.items()]
@@ -112,6 +118,7 @@ def test_a_batch_renders_across_the_nodes_frame_for_frame_like_the_local_executo
     for record in summary.records:
         assert frame_digests(Path(record.output)) == local_digests[record.job_id], record.job_id
         assert record.frames == len(local_digests[record.job_id]) and record.encoder["name"] == "libx264"
+        assert record.frames_digest == local_records[record.job_id].frames_digest  # the frames handed to x264
     started = [e for e in watcher.events if e["event"] == "job_started"]
     assert all(e["node"] == "127.0.0.1" and e["pid"] for e in started)
     assert len({e["node_id"] for e in started}) == 2  # both worker nodes rendered
