@@ -16,7 +16,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import numpy as np
 
 from dhgen.avatar import AvatarInfo, iter_first_frames
 from dhgen.errors import DhgenError, MissingInputError, NoFaceError
+from dhgen.files import replace_atomically
 from dhgen.manifest import file_digest
 from dhgen.options import FaceOptions
 
@@ -286,14 +286,8 @@ def _save_cache(cache_file: Path, track: FaceTrack) -> None:
     _, png = cv2.imencode(".png", track.reference_frame, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     buffer = io.BytesIO()
     np.savez(buffer, boxes=track.boxes, reference_index=np.int64(track.reference_index), reference_png=png)
-    tmp = None
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache_file.parent, prefix=cache_file.name + ".", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(buffer.getbuffer())
-        os.replace(tmp, cache_file)
+        replace_atomically(cache_file, buffer.getbuffer())
     except OSError as exc:
         log.warning("cannot write face cache %s: %s", cache_file, exc)
-        if tmp and os.path.exists(tmp):
-            os.unlink(tmp)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from dhgen.encoders import X264_PRESETS
 from dhgen.errors import ManifestError, reason
+from dhgen.files import replace_atomically
 from dhgen.options import LOOP_MODES, JobSettings
 
 KNOWN_KEYS = ("id", "audio", "avatar", "output")
@@ -429,13 +430,12 @@ def write_manifest(path: str | Path, jobs: list[Job], out_dir: str | Path) -> No
     """A manifest that renders `jobs` again into `out_dir`: CSV, or JSON Lines for .jsonl/.ndjson/.json. Ids,
     each job's own settings and x_ columns are kept; inputs are given relative to the new manifest's folder
     (absolute when they share no folder but `/`), outputs relative to `out_dir` (left out when `<id>.mp4`)."""
-    from dhgen.metrics import write_atomic
-
     path = Path(path)
     base = path.parent.absolute()
     as_jsonl = path.suffix.lower() in JSONL_SUFFIXES
     rows = [_row_of(job, base, Path(out_dir), as_jsonl) for job in jobs]
-    write_atomic(path, _jsonl_text(rows) if as_jsonl else _csv_text(rows))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    replace_atomically(path, (_jsonl_text(rows) if as_jsonl else _csv_text(rows)).encode())
 
 
 def _row_of(job: Job, base: Path, out_dir: Path, as_jsonl: bool) -> dict:

@@ -10,13 +10,13 @@ file, so a failed run does not erase when the last good one happened.
 from __future__ import annotations
 
 import logging
-import os
 import re
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+
+from dhgen.files import replace_atomically
 
 log = logging.getLogger(__name__)
 
@@ -137,25 +137,10 @@ class MetricsFile:
     def write(self) -> None:
         """Replace the file atomically; a metrics file that cannot be written is logged, never fatal."""
         try:
-            write_atomic(self.path, self.text())
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            replace_atomically(self.path, self.text().encode())
         except OSError as exc:
             log.warning("cannot write the metrics file %s: %s", self.path, exc)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Temp file in the same folder, fsync, rename over `path`: readers see the old file or the new, whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def format_labels(labels: dict[str, str]) -> str:

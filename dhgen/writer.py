@@ -22,7 +22,6 @@ busy only CPU counts.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fractions
 import hashlib
@@ -44,6 +43,7 @@ from dhgen.errors import (
     OutputError,
     reason,
 )
+from dhgen.files import fsync_file, fsync_folder, replace_atomically
 from dhgen.options import EncodeOptions
 
 log = logging.getLogger(__name__)
@@ -324,9 +324,9 @@ class VideoWriter:
         self._audio.mux_rest()
         self._frames_digest = self._digest.hexdigest()
         self._close_media()
-        _fsync_path(self.temp)
+        fsync_file(self.temp)
         os.replace(self.temp, self.target)
-        _fsync_folder(self.target.parent)
+        fsync_folder(self.target.parent)
         log.debug("wrote %s (%d frames)", self.target, self.frames_written)
 
     def _close_media(self) -> None:
@@ -360,46 +360,10 @@ def _fault_frame() -> int | None:
 
 
 def write_file_atomically(target: Path, data: bytes) -> None:
-    """Write `data` (a finished MP4 rendered elsewhere, e.g. on a cluster node) to `target` as VideoWriter does: a
-    temp file beside it, fsync, rename over the target, fsync the folder. Raises OutputError; on any failure the
-    temp file is removed and the target is left as it was."""
+    """Write `data` (a finished MP4 rendered elsewhere, e.g. on a cluster node) to `target` as VideoWriter does:
+    through the same temp path, whole or not at all. Raises OutputError; the target is then left as it was."""
     target = Path(os.path.abspath(target))
-    temp = temp_path_for(target)
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp, target)
+        replace_atomically(target, data, temp_path_for(target))
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            temp.unlink()
         raise output_error(exc, target, f"write {target.name}") from exc
-    _fsync_folder(target.parent)
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename durable. Some filesystems refuse fsync on a folder; the file is already in place."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError as exc:
-        log.debug("cannot open %s to fsync it: %s", folder, exc)
-        return
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        log.debug("fsync of folder %s failed: %s", folder, exc)
-    finally:
-        os.close(fd)

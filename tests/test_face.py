@@ -135,7 +135,6 @@ def test_second_track_comes_from_cache(options):
     first = track_faces(info, 50, options)
     second = track_faces(info, 50, options)
     assert not first.from_cache and second.from_cache
-    assert np.array_equal(first.boxes, second.boxes) and first.reference_index == second.reference_index
     assert np.array_equal(first.boxes, second.boxes)
     assert second.reference_index == first.reference_index
     assert np.array_equal(second.reference_frame, first.reference_frame)
