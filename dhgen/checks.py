@@ -15,12 +15,11 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-from dhgen.encoders import resolve_encoder
+from dhgen.encoders import CRF_RANGE, resolve_encoder
 from dhgen.errors import UsageError
 from dhgen.models import get_spec
 from dhgen.options import LOOP_MODES, AvatarOptions, EncodeOptions, ModelOptions, RenderOptions, RunOptions
 
-CRF_RANGE = (0, 51)  # x264's scale, mapped per encoder
 DEVICE_SYNTAX = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 # torch.save's legacy format starts with the pickled magic number 0x1950a86a20f9469cfc6c (protocol 2).

@@ -47,7 +47,7 @@ X264_PRESETS = (
 # NVENC's p1 (fastest) .. p7 (best) against x264's ten names, by their place on the speed/quality scale.
 NVENC_PRESETS = dict(zip(X264_PRESETS, ("p1", "p1", "p2", "p3", "p3", "p4", "p5", "p6", "p7", "p7"), strict=True))
 X265_CRF_OFFSET = 5  # FFmpeg's H.265 guide: x265 CRF 28 "should visually correspond to libx264 video at CRF 23"
-MAX_QUALITY = 51  # the top of the CRF / CQ scales
+CRF_RANGE = (0, 51)  # x264's CRF scale, on which --crf (and a manifest's crf) is given for every encoder
 PROBE_SIZE = 256  # the probe's frame, px: well above the minimum frame size of hardware encoders
 _CAP_HARDWARE, _CAP_HYBRID = 1 << 18, 1 << 19  # AV_CODEC_CAP_HARDWARE / _HYBRID: the encoder runs on a device
 
@@ -97,7 +97,7 @@ def encoder_settings(name: str, preset: str, crf: int, threads: int = 0) -> dict
     if kind == "x264":
         return {"preset": preset, "crf": str(crf)}
     params = "log-level=error" + (f":pools={threads}" if threads > 0 else "")  # x265 logs to stderr by default
-    return {"preset": preset, "crf": str(min(MAX_QUALITY, crf + X265_CRF_OFFSET)), "x265-params": params}
+    return {"preset": preset, "crf": str(min(CRF_RANGE[1], crf + X265_CRF_OFFSET)), "x265-params": params}
 
 
 def nvenc_preset(preset: str) -> str:

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dhgen.encoders import X264_PRESETS
+from dhgen.encoders import CRF_RANGE, X264_PRESETS
 from dhgen.errors import ManifestError, reason
 from dhgen.files import replace_atomically
 from dhgen.options import LOOP_MODES, JobSettings
@@ -387,10 +387,11 @@ def _parse_fps(raw) -> float:
 
 
 def _parse_crf(raw) -> int:
-    hint = "crf is libx264's quality, a whole number 0..51 (lower is better; 18-28 is usual)"
+    low, high = CRF_RANGE
+    hint = f"crf is libx264's quality, a whole number {low}..{high} (lower is better; 18-28 is usual)"
     value = _whole(raw, hint)
-    if not 0 <= value <= 51:
-        raise _BadValue("is not in 0..51", hint)
+    if not low <= value <= high:
+        raise _BadValue(f"is not in {low}..{high}", hint)
     return value
 
 
