@@ -45,10 +45,8 @@ def render(
     UsageError for bad options or job lists, both before anything starts; RunLocked, Interrupted as the CLI's
     exit codes 75 and 130/143 do.
     """
-    from dhgen.runner import refuse_in_spawned_child
     from dhgen.runner import render as render_jobs
 
-    refuse_in_spawned_child()
     run = run or RunOptions()
     if out_dir is not None:
         run = dataclasses.replace(run, out_dir=Path(out_dir))
@@ -57,7 +55,7 @@ def render(
         return render_jobs(job_list, options, run, on_event=on_event, executor=executor)
     from dhgen.progress import Tee, TqdmProgress
 
-    with Tee(TqdmProgress(), _Callback(on_event)) as display:
+    with Tee(TqdmProgress(), on_event) as display:
         return render_jobs(job_list, options, run, on_event=display, executor=executor)
 
 
@@ -90,19 +88,3 @@ def _text_fields(index: int, item: Mapping) -> dict:
             fields[str(key)] = os.fspath(value) if value is not None else ""
     return fields
 
-
-class _Callback:
-    """A plain callable as a Tee member."""
-
-    def __init__(self, fn: Callable[[dict], None] | None) -> None:
-        self.fn = fn
-
-    def __enter__(self) -> _Callback:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        pass
-
-    def __call__(self, event: dict) -> None:
-        if self.fn is not None:
-            self.fn(event)

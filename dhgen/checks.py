@@ -35,7 +35,7 @@ CHECKPOINT_HINT = (
 
 def check_options(options: RenderOptions, run: RunOptions) -> None:
     """Raise `UsageError` (message and hint) for the first option that cannot work; return if all can."""
-    check_model(options.model, local=getattr(run, "executor", "local") == "local")
+    check_model(options.model, local=run.executor == "local")
     check_encode(options.encode)
     check_avatar(options.avatar)
     check_run(run)

@@ -812,19 +812,22 @@ class TqdmProgress:
 
 
 class Tee:
-    """Several handlers as one (a display and a metrics file, say); a context manager over all of them."""
+    """Several handlers as one (a display and a metrics file, say); a context manager over all of them. A member
+    may also be a plain callable (a user's `on_event`), which is only called."""
 
     def __init__(self, *handlers) -> None:
         self.handlers = [h for h in handlers if h is not None]
 
     def __enter__(self) -> Tee:
         for handler in self.handlers:
-            handler.__enter__()
+            if hasattr(handler, "__enter__"):
+                handler.__enter__()
         return self
 
     def __exit__(self, *exc_info) -> None:
         for handler in reversed(self.handlers):
-            handler.__exit__(*exc_info)
+            if hasattr(handler, "__exit__"):
+                handler.__exit__(*exc_info)
 
     def __call__(self, event: dict) -> None:
         for handler in self.handlers:
