@@ -9,8 +9,8 @@
 Whatever runs a job, it renders the same frames through `dhgen.pipeline.render_job`, fills its record with
 `dhgen.results` (new_record / fill_outcome), decides retries with `dhgen.retry.RetryPolicy` and reports with
 `dhgen.events`, and judges liveness with `dhgen.liveness`, so the record fields, the typed errors and the exit
-code do not depend on the executor. `shares` (threads per process) and `stopping` (SIGINT/SIGTERM) serve the
-executors that start processes.
+code do not depend on the executor. `slots` (a job's attempts and the retry decision), `shares` (threads per
+process) and `stopping` (SIGINT/SIGTERM) serve the executors that supervise processes.
 """
 
 from __future__ import annotations
