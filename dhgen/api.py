@@ -87,4 +87,3 @@ def _text_fields(index: int, item: Mapping) -> dict:
         else:
             fields[str(key)] = os.fspath(value) if value is not None else ""
     return fields
-

@@ -21,7 +21,7 @@ def worker_threads(cores: int, jobs: int, device: str, spec: ModelSpec) -> int:
     """Threads of an inference worker serving the model `spec`. A numpy model gets one (mouthwarp: ~0.3 ms a crop
     on one core, 3,000 crops/s, more than 16 cores of x264 encode). A GPU worker only feeds its GPU; a CPU worker
     gets half the cores, or all of them for a model that is slower than the encoders (`cpu_bound`, e.g. wav2lip)."""
-    if spec.backend == "numpy":
+    if not spec.uses_gpu:
         return 1
     if device.startswith(("cuda", "auto")):  # "auto:N" only when a GPU is visible
         return max(1, cores // (max(1, jobs) + 1))

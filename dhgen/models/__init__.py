@@ -25,6 +25,12 @@ class ModelSpec:
     cpu_bound: bool  # on a CPU, the model (not the encoder) limits the run: its worker gets every core
     backend: str = "torch"  # "numpy": numpy/OpenCV on the CPU, no torch, any --device; "torch": dhgen.inference
 
+    @property
+    def uses_gpu(self) -> bool:
+        """Whether a GPU helps: a numpy model runs in one CPU thread whatever --device says (one CPU worker
+        locally, a CPU actor per Ray node, no GPU reserved)."""
+        return self.backend == "torch"
+
     def crop_rect(self, box, frame_w: int, frame_h: int, pads=(0, 10, 0, 0)) -> Rect:
         """The frame rectangle handed to the model for a face box (x, y, w, h), clipped to the frame."""
         x, y, w, h = (float(v) for v in box)

@@ -184,7 +184,7 @@ class Supervisor:
     def _worker_devices(self) -> list[str]:
         count = self.run_options.workers
         device = self.options.model.device
-        if get_spec(self.options.model.name).backend == "numpy":
+        if not get_spec(self.options.model.name).uses_gpu:
             return ["cpu"] * (count or 1)  # it needs no GPU: one CPU worker, however many GPUs there are
         if device == "auto" or device == "cuda":
             gpus = visible_gpu_count()

@@ -138,7 +138,7 @@ class Pool:
         return self.nodes.get(node_id)
 
     def _add_node(self, info: NodeInfo) -> None:
-        on_gpu = self.options.model.device != "cpu" and get_spec(self.options.model.name).backend == "torch"
+        on_gpu = self.options.model.device != "cpu" and get_spec(self.options.model.name).uses_gpu
         gpus = int(info.gpus) if on_gpu else 0  # a numpy model needs no GPU: one CPU actor per node
         capacity = min(self.run.jobs, int(info.cpus))
         if capacity < 1 or (on_gpu and self.options.model.device.startswith("cuda") and not gpus):
