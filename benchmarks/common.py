@@ -113,7 +113,7 @@ def write_random_wav2lip(path: Path, seed: int = 0) -> Path | None:
     try:
         import torch
 
-        from dhgen.models.wav2lip import Wav2Lip
+        from dhgen.models.wav2lip.network import Wav2Lip
     except ImportError:
         return None
     torch.manual_seed(seed)
@@ -375,21 +375,23 @@ def _maps(pid: int, library: str) -> bool:
 # --- the model alone -------------------------------------------------------------------------------------------
 
 
-def random_crop_batch(name: str, batch: int, seed: int = 0):
-    """A CropBatch of random crops and conditioning in the shapes model `name` takes."""
+def random_crop_batch(name: str, batch: int, predictor=None, seed: int = 0):
+    """A CropBatch of random crops, with the conditioning family `name` makes of a noisy second of audio (by
+    `predictor` for a family that computes its audio features in the worker)."""
+    from fractions import Fraction
+
     import numpy as np
 
-    from dhgen.models import CropBatch, get_spec
+    from dhgen.models import CropBatch, get_family
 
-    spec = get_spec(name)
+    family = get_family(name)
     rng = np.random.default_rng(seed)
-    size = spec.crop_size
+    size = family.crop_size
     crops = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
-    if spec.conditioning == "mel":
-        cond = rng.uniform(-4, 4, (batch, 80, 16)).astype(np.float32)
-    else:
-        cond = rng.random(batch).astype(np.float32)
-    if spec.backend == "numpy":  # one reference for the batch, as a job sends it (its geometry is cached)
+    samples = (0.1 * rng.standard_normal(16_000 * (batch // 25 + 1))).astype(np.float32)
+    features = predictor.audio_features(samples) if family.audio_in_worker else family.audio_features(samples)
+    cond = family.conditioning(features, Fraction(25), batch)
+    if family.backend == "numpy":  # one reference for the batch, as a job sends it (its geometry is cached)
         return CropBatch(crops, crops[:1].copy(), cond)
     return CropBatch(crops, crops[::-1].copy(), cond)
 
@@ -400,12 +402,12 @@ def model_fps(predictor, name: str, batch: int, seconds: float = 2.0, forward_on
     CUDA, as `Predictor` runs it). A numpy model (no tensors, no device) has only `predict()`."""
     import contextlib
 
-    cb = random_crop_batch(name, batch)
+    cb = random_crop_batch(name, batch, predictor)
     if not hasattr(predictor, "model"):
         return _rate(lambda: predictor.predict(cb), batch, seconds, lambda: None)
     import torch
 
-    device = predictor.device
+    device = torch.device(predictor.device)
     cuda = device.type == "cuda"
     if forward_only:
         tensors = [torch.from_numpy(a).to(device) for a in (cb.crops, cb.refs, cb.cond)]
@@ -436,8 +438,8 @@ def _rate(step, batch: int, seconds: float, sync) -> float:
 
 
 def load_model(name: str, device: str, checkpoint: Path | None, batch: int):
+    from dhgen.models.serving import load_model as load
     from dhgen.options import ModelOptions
-    from dhgen.serving import load_model as load
 
     return load(ModelOptions(name=name, checkpoint=checkpoint, device=device, batch_size=batch))
 

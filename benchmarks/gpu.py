@@ -100,9 +100,9 @@ def bench_models(args, checkpoint: Path | None) -> str:
 
 
 def _precision(name: str, device: str) -> str:
-    from dhgen.models import get_spec
+    from dhgen.models import get_family
 
-    if get_spec(name).backend == "numpy":
+    if get_family(name).backend == "numpy":
         return "fp32 numpy/OpenCV on the CPU (on every box)"
     return "fp16 autocast" if device.startswith("cuda") else "fp32"
 

@@ -9,28 +9,23 @@ TorchScript zip, or the legacy pickle's magic number), and a CUDA device by what
 from __future__ import annotations
 
 import os
-import pickletools
 import re
-import tarfile
-import zipfile
 from pathlib import Path
 
 from dhgen.encoders import CRF_RANGE, resolve_encoder
 from dhgen.errors import UsageError
-from dhgen.models import get_spec
-from dhgen.options import LOOP_MODES, AvatarOptions, EncodeOptions, ModelOptions, RenderOptions, RunOptions
+from dhgen.models import get_family
+from dhgen.options import (
+    LOOP_MODES,
+    PRECISIONS,
+    AvatarOptions,
+    EncodeOptions,
+    ModelOptions,
+    RenderOptions,
+    RunOptions,
+)
 
 DEVICE_SYNTAX = re.compile(r"auto|cpu|cuda(:\d+)?")
-
-# torch.save's legacy format starts with the pickled magic number 0x1950a86a20f9469cfc6c (protocol 2).
-LEGACY_MAGIC = b"\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."
-# Globals a pickle of plain weights refers to (tensors, storages, OrderedDict, builtins); anything else is a
-# pickled Python object, which dhgen never unpickles (that could run code from the file).
-WEIGHT_GLOBALS = ("torch", "torch._utils", "torch.serialization", "torch.storage", "torch._tensor", "collections")
-WEIGHT_GLOBALS += ("__builtin__", "builtins", "_codecs", "numpy")
-CHECKPOINT_HINT = (
-    "pass a Wav2Lip generator checkpoint: a .pth saved with torch.save({'state_dict': ...}) or a TorchScript .pt"
-)
 
 
 def check_options(options: RenderOptions, run: RunOptions) -> None:
@@ -57,21 +52,26 @@ def check_encode(encode: EncodeOptions) -> None:
 
 
 def check_model(model: ModelOptions, local: bool = True) -> None:
-    """Model name, checkpoint, device syntax (and, when jobs run on this machine, that its GPU exists), batch."""
-    spec = get_spec(model.name)
-    if spec.needs_checkpoint and model.checkpoint is None:
-        raise UsageError(f"--model {model.name} needs --checkpoint PATH", hint=CHECKPOINT_HINT)
-    if not spec.needs_checkpoint and model.checkpoint is not None:
+    """Model family (registered and importable), its checkpoint (judged by the family, without torch), device
+    syntax (and, when jobs run on this machine, that its GPU exists), precision, batch."""
+    family = get_family(model.name)
+    if family.needs_checkpoint and model.checkpoint is None:
+        raise UsageError(f"--model {model.name} needs --checkpoint PATH", hint=family.checkpoint_hint or None)
+    if not family.needs_checkpoint and model.checkpoint is not None:
         raise UsageError(
             f"--model {model.name} takes no checkpoint, but --checkpoint {model.checkpoint} was given",
-            hint="drop --checkpoint, or choose a model that uses one (--model wav2lip)",
+            hint="drop --checkpoint, or choose a model that uses one (`dhgen models` lists them)",
         )
     if model.checkpoint is not None:
-        check_checkpoint(Path(model.checkpoint))
+        family.check_checkpoint(Path(model.checkpoint))
     if not DEVICE_SYNTAX.fullmatch(model.device):
         raise UsageError(f"--device {model.device!r} is not a device", hint="use auto, cpu, cuda or cuda:N")
     if local:
         check_device(model.device)
+    if model.precision not in PRECISIONS:
+        raise UsageError(
+            f"--precision {model.precision!r} is not a precision", hint=f"use one of: {', '.join(PRECISIONS)}"
+        )
     if model.batch_size is not None and model.batch_size < 1:
         raise UsageError(f"--batch-size {model.batch_size} must be at least 1")
     if len(model.pads) != 4 or any(not isinstance(p, int) for p in model.pads):
@@ -102,70 +102,6 @@ def check_device(device: str, gpus: int | None = None) -> None:
 def _gpus_hidden() -> bool:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     return visible is not None and os.path.isdir("/proc/driver/nvidia/gpus")
-
-
-def check_checkpoint(path: Path) -> None:
-    """The checkpoint exists and is a PyTorch file holding weights (read as bytes: nothing is unpickled)."""
-    if not path.exists():
-        raise UsageError(f"checkpoint {path} does not exist", hint=CHECKPOINT_HINT)
-    if not path.is_file():
-        raise UsageError(f"checkpoint {path} is not a file", hint=CHECKPOINT_HINT)
-    try:
-        kind, objects = _checkpoint_kind(path)
-    except OSError as exc:
-        raise UsageError(f"cannot read checkpoint {path}: {exc.strerror or exc}", hint=CHECKPOINT_HINT) from exc
-    if kind is None:
-        raise UsageError(f"{path} is not a PyTorch checkpoint", hint=CHECKPOINT_HINT)
-    if objects:
-        raise UsageError(
-            f"{path} holds pickled Python objects ({', '.join(objects[:3])}), not only weights; dhgen does not "
-            "unpickle objects, since that could run code from the file",
-            hint="re-save the weights alone: torch.save({'state_dict': model.state_dict()}, 'wav2lip.pth')",
-        )
-
-
-def _checkpoint_kind(path: Path) -> tuple[str | None, list[str]]:
-    """("zip" | "torchscript" | "legacy" | None, the non-weight globals its pickle names)."""
-    if zipfile.is_zipfile(path):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                names = archive.namelist()
-                pickles = [n for n in names if n.rsplit("/", 1)[-1] == "data.pkl"]
-                if not pickles:
-                    return None, []
-                if any(n.rsplit("/", 1)[-1] == "constants.pkl" for n in names):
-                    return "torchscript", []  # its classes are TorchScript code, loaded by torch.jit
-                return "zip", _object_globals(archive.read(pickles[0]))
-        except (zipfile.BadZipFile, EOFError):
-            return None, []
-    with open(path, "rb") as f:
-        head = f.read(64)
-    if head[:2] == b"\x80\x02" and head[2 : 2 + len(LEGACY_MAGIC)] == LEGACY_MAGIC:
-        return "legacy", []
-    if tarfile.is_tarfile(path):  # torch's oldest format: a tar with a "pickle" member
-        with tarfile.open(path) as archive:
-            return ("legacy", []) if "pickle" in archive.getnames() else (None, [])
-    return None, []
-
-
-def _object_globals(data: bytes) -> list[str]:
-    """`module.name` of every global a pickle refers to that plain weights never need (opcodes read, not run)."""
-    found, strings = [], []
-    try:
-        for opcode, arg, _ in pickletools.genops(data):
-            if opcode.name == "GLOBAL":
-                module, _, name = str(arg).partition(" ")
-            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
-                module, name = strings[-2], strings[-1]
-            else:
-                if isinstance(arg, str):
-                    strings.append(arg)
-                continue
-            if module not in WEIGHT_GLOBALS and not module.startswith("numpy."):
-                found.append(f"{module}.{name}")
-    except (ValueError, EOFError):  # a torn pickle: torch itself reports it when loading
-        pass
-    return list(dict.fromkeys(found))
 
 
 def check_input_file(path: Path, option: str) -> None:

@@ -109,6 +109,12 @@ class Loop(str, Enum):
     loop = "loop"
 
 
+class Precision(str, Enum):
+    auto = "auto"
+    fp16 = "fp16"
+    fp32 = "fp32"
+
+
 class Codec(str, Enum):
     h264 = "h264"
     hevc = "hevc"
@@ -208,8 +214,17 @@ def render(
         int | None,
         typer.Option(min=1, help="--shard auto under Kubernetes: N (else DHGEN_SHARD_COUNT)", rich_help_panel=MANIFEST),
     ] = None,
-    model: Annotated[str, typer.Option(help="mouthwarp (built in) or wav2lip", rich_help_panel=MODEL)] = "mouthwarp",
-    checkpoint: Annotated[Path | None, typer.Option(help="model weights (wav2lip)", rich_help_panel=MODEL)] = None,
+    model: Annotated[
+        str,
+        typer.Option(
+            help="model family: mouthwarp (built in, no weights), wav2lip, or a plugin's (`dhgen models` lists them)",
+            rich_help_panel=MODEL,
+        ),
+    ] = "mouthwarp",
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(help="the model's weights: a file or a folder, as its family takes", rich_help_panel=MODEL),
+    ] = None,
     device: Annotated[
         str,
         typer.Option(metavar="<auto|cpu|cuda|cuda:N>", help="where the model runs", rich_help_panel=MODEL),
@@ -218,6 +233,9 @@ def render(
         int | None,
         typer.Option(min=1, help="face crops per model call (default 128 on CUDA, 16 on CPU)", rich_help_panel=MODEL),
     ] = None,
+    precision: Annotated[
+        Precision, typer.Option(help="auto: fp16 on a GPU, fp32 on the CPU", rich_help_panel=MODEL)
+    ] = Precision.auto,
     pads: Annotated[
         tuple[int, int, int, int],
         typer.Option(help="wav2lip face padding: top bottom left right", rich_help_panel=MODEL),
@@ -327,7 +345,12 @@ def render(
             face=FaceOptions(),
             encode=EncodeOptions(encoder=encoder, codec=codec.value if codec else None, preset=preset, crf=crf),
             model=ModelOptions(
-                name=model, checkpoint=checkpoint, device=device, batch_size=batch_size, pads=tuple(pads)
+                name=model,
+                checkpoint=checkpoint,
+                device=device,
+                precision=precision.value,
+                batch_size=batch_size,
+                pads=tuple(pads),
             ),
         )
         run = RunOptions(
@@ -406,6 +429,19 @@ def doctor(
     report = run_doctor(out, ray_address=ray_address)
     typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else "\n".join(report.lines()))
     raise typer.Exit(report.exit_code)
+
+
+@app.command(cls=DhgenCommand)
+def models(
+    as_json: Annotated[bool, typer.Option("--json", help="print the families as a JSON list")] = False,
+) -> None:
+    """List the model families --model takes: built-in and installed plugins (a broken plugin with its error)."""
+    import json
+
+    from dhgen.models.registry import describe, describe_line, entries
+
+    found = entries()
+    typer.echo(json.dumps([describe(f) for f in found], indent=2) if as_json else "\n".join(map(describe_line, found)))
 
 
 @app.command(cls=DhgenCommand)

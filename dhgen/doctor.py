@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from dhgen.encoders import CODECS, CPU_ENCODERS, NVENC_ENCODERS, EncoderInfo, survey
+from dhgen.models import registry
 from dhgen.options import default_cache_dir
 
 MIN_PYTHON = (3, 10)
@@ -135,6 +136,7 @@ class Probes:
     cpus: Callable[[], int] = probe_cpus
     encoders: Callable[[], list[EncoderInfo]] = survey
     ray: Callable[[str], dict] = probe_ray
+    models: Callable[[], list[registry.FamilyEntry]] = registry.entries
 
 
 # --- checks ---------------------------------------------------------------------------------------------------
@@ -279,6 +281,25 @@ def check_cpus(probes: Probes) -> list[Check]:
     ]
 
 
+def check_models(probes: Probes) -> list[Check]:
+    """The model families --model takes (built-in and plugins); a plugin that fails to import is a warning naming
+    its error: it costs only its own users."""
+    found = probes.models()
+    usable = [f for f in found if f.family is not None]
+    words = ", ".join(f.name if f.source == registry.BUILT_IN else f"{f.name} ({f.source})" for f in usable)
+    checks = [Check("models", "ok", words or "none", data={"families": [registry.describe(f) for f in found]})]
+    for broken in (f for f in found if f.family is None):
+        checks.append(
+            Check(
+                f"model {broken.name}",
+                "warn",
+                f"{broken.target} from {broken.source} cannot be imported: {broken.error}",
+                f"reinstall or fix {broken.source}; the other models are not affected",
+            )
+        )
+    return checks
+
+
 RAY_NODE_HINT = "install this dhgen with its extra on every node: pip install 'dhgen[ray]'"
 
 
@@ -371,6 +392,7 @@ def run_doctor(out_dir: Path = Path("renders"), probes: Probes | None = None, ra
     report.checks += check_cascade(probes)
     report.checks += check_disk(probes, Path(out_dir))
     report.checks += check_cpus(probes)
+    report.checks += check_models(probes)
     if ray_address is not None:
         report.checks += check_ray(probes, ray_address)
     return report

@@ -89,7 +89,17 @@ class NoFaceError(DhgenError):
 
 
 class ModelLoadError(DhgenError):
-    default_hint = "pass a Wav2Lip generator checkpoint (`{'state_dict': ...}` .pth or TorchScript .pt)"
+    default_hint = "check --checkpoint: `dhgen models` says what each model family takes"
+
+
+class ModelError(DhgenError):
+    """The model itself failed on a batch: it raised an error of its own, or answered with the wrong shapes (a
+    plugin's bug, a checkpoint that does not fit its family). The traceback travels in the record."""
+
+    default_hint = (
+        "the model failed, not the inputs: check that the checkpoint belongs to this model family and that the "
+        "family's package is up to date (`dhgen models`); the record's traceback shows where it failed"
+    )
 
 
 class OutputError(DhgenError):
@@ -153,6 +163,12 @@ class NodeLost(DhgenError):
 
     retryable = True
     default_hint = "the job is re-run on the remaining nodes; if nodes keep dropping out, check their health"
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none)."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 def reason(exc: BaseException) -> str:

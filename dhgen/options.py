@@ -12,6 +12,7 @@ from dhgen.encoders import after_failures
 from dhgen.shards import Shard, shard_path
 
 LOOP_MODES = ("pingpong", "loop")
+PRECISIONS = ("auto", "fp16", "fp32")
 
 
 def default_cache_dir() -> Path:
@@ -47,9 +48,10 @@ class EncodeOptions:
 
 @dataclass(frozen=True)
 class ModelOptions:
-    name: str = "mouthwarp"  # "mouthwarp" (embedded, no weights) or "wav2lip"
-    checkpoint: Path | None = None  # weights for models that need them
+    name: str = "mouthwarp"  # a registered model family (`dhgen models`); mouthwarp is embedded, needs no weights
+    checkpoint: Path | None = None  # weights for models that need them (a file or a folder, as the family says)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (fp16 on a GPU, fp32 on the CPU) | fp16 | fp32
     batch_size: int | None = None  # face crops per forward pass; None: 128 on CUDA, 16 on the CPU
     pads: tuple[int, int, int, int] = (0, 10, 0, 0)  # wav2lip face box padding: top, bottom, left, right
 

@@ -20,13 +20,13 @@ from typing import Protocol
 
 import numpy as np
 
-from dhgen.audio import Audio, frame_count, load_audio, mel_spectrogram, mel_windows, mouth_openness
+from dhgen.audio import Audio, frame_count, load_audio
 from dhgen.avatar import AvatarInfo, iter_frames, probe_avatar
 from dhgen.composite import extract_crop, paste
 from dhgen.errors import NoFaceError
 from dhgen.face import FaceTrack, track_faces
 from dhgen.manifest import Job
-from dhgen.models import CropBatch, ModelSpec, PatchBatch, Rect, get_spec, merge_batches
+from dhgen.models import AudioRequest, CropBatch, ModelFamily, PatchBatch, Rect, answer_requests, get_family
 from dhgen.options import RenderOptions
 from dhgen.writer import VideoWriter, output_error
 
@@ -37,9 +37,13 @@ CHUNK_FRAMES = 16  # frames a job hands to the model at once (the worker may mer
 
 
 class Inference(Protocol):
-    def submit(self, batch: CropBatch) -> Hashable: ...
+    """How a job reaches its model: requests are submitted and collected later (several in flight). A CropBatch
+    is answered with a PatchBatch; an AudioRequest (once per job, for a family that computes its audio features
+    with a network) with the features."""
 
-    def collect(self, ticket: Hashable) -> PatchBatch: ...
+    def submit(self, request: CropBatch | AudioRequest) -> Hashable: ...
+
+    def collect(self, ticket: Hashable) -> PatchBatch | np.ndarray: ...
 
 
 class LocalInference:
@@ -47,15 +51,16 @@ class LocalInference:
 
     def __init__(self, predictor) -> None:
         self._predictor = predictor
-        self._results: dict[int, PatchBatch] = {}
+        self.device, self.dtype = predictor.device, predictor.dtype
+        self._results: dict[int, PatchBatch | np.ndarray] = {}
         self._next = 0
 
-    def submit(self, batch: CropBatch) -> int:
+    def submit(self, request: CropBatch | AudioRequest) -> int:
         self._next += 1
-        self._results[self._next] = self._predictor.predict(merge_batches([batch]))
+        self._results[self._next] = answer_requests(self._predictor, [request])[0]
         return self._next
 
-    def collect(self, ticket: int) -> PatchBatch:
+    def collect(self, ticket: int) -> PatchBatch | np.ndarray:
         return self._results.pop(ticket)
 
 
@@ -80,20 +85,20 @@ class _Chunk:
 class _Job:
     """The state of one render: its inputs, prepared once, and the loop that streams frames through."""
 
-    def __init__(self, job: Job, options: RenderOptions, progress: ProgressFn | None) -> None:
-        self.job, self.options = job, options
-        self.spec: ModelSpec = get_spec(options.model.name)
+    def __init__(self, job: Job, options: RenderOptions, inference: Inference, progress: ProgressFn | None) -> None:
+        self.job, self.options, self.inference = job, options, inference
+        self.family: ModelFamily = get_family(options.model.name)
         self.progress = progress or (lambda counter, value: None)
         self.audio: Audio = load_audio(job.audio)
         self.info: AvatarInfo = probe_avatar(job.avatar, options.avatar)
         self.n_out = frame_count(self.audio.duration_s, self.info.fps)
-        self.cond = conditioning(self.spec, self.audio, self.info.fps, self.n_out)
         self.track: FaceTrack = track_faces(self.info, min(self.n_out, self.info.n_frames), options.face)
         self.ref_crop = self._reference_crop()
         self.counts = {"decoded": 0, "inferred": 0, "encoded": 0}
         self.progress("total", self.n_out)
+        self.cond = conditioning(self.family, self.audio, self.info.fps, self.n_out, inference)
 
-    def run(self, inference: Inference, max_in_flight: int) -> JobOutcome:
+    def run(self, max_in_flight: int) -> JobOutcome:
         info = self.info
         make_output_folder(self.job.output)
         # encode.threads is this process's share of the cores (the supervisor sets it); decoding gets the same.
@@ -106,11 +111,11 @@ class _Job:
             self.job.output, info.width, info.height, info.fps, self.job.audio, self.options.encode
         ) as writer:
             while chunk := list(islice(frames, CHUNK_FRAMES)):
-                pending.append(self._submit(chunk, inference))
+                pending.append(self._submit(chunk))
                 while len(pending) > max_in_flight:
-                    self._finish(pending.popleft(), inference, writer)
+                    self._finish(pending.popleft(), writer)
             while pending:
-                self._finish(pending.popleft(), inference, writer)
+                self._finish(pending.popleft(), writer)
             written = writer.frames_written
         return JobOutcome(
             written,
@@ -126,16 +131,16 @@ class _Job:
         box = self.track.boxes[avatar_index] if avatar_index < len(self.track.boxes) else None
         if box is None or np.isnan(box).any():
             return None
-        rect = self.spec.crop_rect(box, self.info.width, self.info.height, self.options.model.pads)
+        rect = self.family.crop_rect(box, self.info.width, self.info.height, self.options.model.pads)
         return rect if rect[2] - rect[0] >= 8 and rect[3] - rect[1] >= 8 else None
 
     def _reference_crop(self) -> np.ndarray:
         rect = self._rect(self.track.reference_index)
         if rect is None:
             raise NoFaceError("the face is too small to animate (under 8 pixels across)", path=self.job.avatar)
-        return extract_crop(self.track.reference_frame, rect, self.spec.crop_size)
+        return extract_crop(self.track.reference_frame, rect, self.family.crop_size)
 
-    def _submit(self, chunk: list[tuple[int, np.ndarray]], inference: Inference) -> _Chunk:
+    def _submit(self, chunk: list[tuple[int, np.ndarray]]) -> _Chunk:
         start = self.counts["decoded"]
         frames = [frame for _, frame in chunk]
         rects = [self._rect(avatar_index) for avatar_index, _ in chunk]
@@ -143,17 +148,17 @@ class _Job:
         faced = [i for i, rect in enumerate(rects) if rect is not None]
         if not faced:
             return _Chunk(frames, rects, None)
-        size = self.spec.crop_size
+        size = self.family.crop_size
         batch = CropBatch(
             crops=np.stack([extract_crop(frames[i], rects[i], size) for i in faced]),
             refs=self.ref_crop[None],
             cond=self.cond[[start + i for i in faced]],
         )
-        return _Chunk(frames, rects, inference.submit(batch))
+        return _Chunk(frames, rects, self.inference.submit(batch))
 
-    def _finish(self, chunk: _Chunk, inference: Inference, writer: VideoWriter) -> None:
+    def _finish(self, chunk: _Chunk, writer: VideoWriter) -> None:
         if chunk.ticket is not None:
-            result = inference.collect(chunk.ticket)
+            result = self.inference.collect(chunk.ticket)
             faced = [(frame, rect) for frame, rect in zip(chunk.frames, chunk.rects, strict=True) if rect]
             for i, (frame, rect) in enumerate(faced):
                 paste(frame, rect, result.patches[i], result.alpha(i))
@@ -175,18 +180,23 @@ def make_output_folder(output: Path) -> None:
         raise output_error(exc, output, f"create the folder {output.parent}") from exc
 
 
-def conditioning(spec: ModelSpec, audio: Audio, fps: Fraction, n_frames: int) -> np.ndarray:
-    """Per-frame audio input for the model: openness (n,) or mel windows (n, 80, 16)."""
-    if spec.conditioning == "mel":
-        return mel_windows(mel_spectrogram(audio.samples), fps, n_frames)
-    return mouth_openness(audio.samples, fps, n_frames)
+def conditioning(
+    family: ModelFamily, audio: Audio, fps: Fraction, n_frames: int, inference: Inference | None = None
+) -> np.ndarray:
+    """The model's input for each video frame: the family's audio features, computed here (DSP) or, for a family
+    whose features come from a network, by the inference worker (once per job), then cut per frame here."""
+    if family.audio_in_worker:
+        features = inference.collect(inference.submit(AudioRequest(audio.samples)))
+    else:
+        features = family.audio_features(audio.samples)
+    return family.conditioning(features, fps, n_frames)
 
 
 def render_job(
     job: Job, options: RenderOptions, inference: Inference, progress: ProgressFn | None = None, max_in_flight: int = 2
 ) -> JobOutcome:
     """Render one job to `job.output`; raises a DhgenError subclass when its input or output fails."""
-    return _Job(job, options, progress).run(inference, max_in_flight)
+    return _Job(job, options, inference, progress).run(max_in_flight)
 
 
 def prefetched(items: Iterator, depth: int) -> Iterator:

@@ -53,6 +53,7 @@ class JobRecord:
     settings: dict | None = None  # loop, fps (of a still avatar), crf, preset, pads: what the job rendered with
     overrides: dict = field(default_factory=dict)  # those of them that the job's manifest row set itself
     meta: dict = field(default_factory=dict)  # the row's own x_ columns (a customer id, say), as given
+    model: dict | None = None  # {name, family, source, backend, checkpoint_sha256, device, dtype}: what drew the mouth
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
@@ -80,6 +81,20 @@ def fill_outcome(record: JobRecord, outcome) -> None:
     record.duration_s = round(outcome.duration_s, 6)
     record.encoder = outcome.encoder
     record.frames_digest = outcome.frames_digest
+
+
+def note_served(record: JobRecord, device: str, dtype: str | None) -> None:
+    """The model served `record`'s job on `device` in `dtype` (a job served on several GPUs lists each once)."""
+    model = record.model or {}
+    devices = [d for d in str(model.get("device") or "").split(",") if d]
+    record.model = {**model, "device": ",".join(dict.fromkeys([*devices, device])), "dtype": dtype}
+
+
+def fill_model(record: JobRecord, identity: dict) -> None:
+    """The model's identity (`runner.model_identity`: name, family, source, backend, checkpoint_sha256) beside
+    where it ran for this job (`note_served`; null when no batch of the job reached the model)."""
+    served = record.model or {}
+    record.model = {**identity, "device": served.get("device"), "dtype": served.get("dtype")}
 
 
 def fill_job_settings(record: JobRecord, job, options) -> None:

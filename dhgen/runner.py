@@ -14,6 +14,7 @@ ends with a `run_stopped` event that names the jobs it interrupted and those it 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -27,12 +28,14 @@ from dhgen.events import EventFn
 from dhgen.executors import Executor, make_executor
 from dhgen.locks import RunLock
 from dhgen.manifest import Job, file_digest, input_fingerprint
-from dhgen.options import RenderOptions, RunOptions, job_options
+from dhgen.models import registry
+from dhgen.options import ModelOptions, RenderOptions, RunOptions, job_options
 from dhgen.results import (
     JobRecord,
     ResultLog,
     already_done,
     fill_job_settings,
+    fill_model,
     last_records_of,
     result_logs,
     skipped_record,
@@ -72,13 +75,39 @@ def render_settings(options: RenderOptions) -> dict:
     settings["face"].pop("cache_dir", None)
     settings["model"].pop("device", None)
     settings["model"].pop("batch_size", None)
-    checkpoint = options.model.checkpoint
-    if checkpoint is not None:
-        try:
-            settings["model"]["checkpoint"] = file_digest(Path(checkpoint))
-        except OSError:
-            pass  # unreadable: the job fails with ModelLoadError anyway
+    identity = model_identity(options.model)
+    settings["model"].update(family=identity["family"], source=identity["source"])
+    settings["model"]["checkpoint"] = identity["checkpoint_sha256"] or options.model.checkpoint
     return settings
+
+
+def model_identity(model: ModelOptions) -> dict:
+    """What a record says drew its mouth, and what the input fingerprint covers of it: the family's name and
+    dotted name, where it comes from (built-in or `package==version`), its backend for this checkpoint, and the
+    checkpoint's content (`checkpoint_digest`)."""
+    entry = registry.entry(model.name)
+    family = entry.family
+    checkpoint = model.checkpoint
+    return {
+        "name": model.name,
+        "family": entry.target,
+        "source": entry.source,
+        "backend": family.backend_for(checkpoint) if family is not None else None,
+        "checkpoint_sha256": checkpoint_digest(family, checkpoint) if family and checkpoint else None,
+    }
+
+
+def checkpoint_digest(family, checkpoint: Path) -> str | None:
+    """sha256 of a one-file checkpoint; of a folder, sha256 over the files its family reads (path and content of
+    each). None when it cannot be read (the job fails with ModelLoadError anyway)."""
+    try:
+        files = family.checkpoint_files(Path(checkpoint))
+        if files == [Path(checkpoint)]:
+            return file_digest(Path(checkpoint))
+        lines = [f"{p.relative_to(checkpoint).as_posix()} {file_digest(p)}\n" for p in files]
+    except (OSError, ValueError):
+        return None
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
 def render(
@@ -137,9 +166,10 @@ def _render_locked(jobs, options, run, emit, executor) -> RunSummary:
     settings = _settings_by_job(jobs, options)
     fingerprints = {job.id: input_fingerprint(job, settings[job.settings]) for job in jobs}
     by_id = {job.id: job for job in jobs}
+    identity = model_identity(options.model)
 
     def finish(record: JobRecord) -> None:
-        fill_job_settings(record, by_id[record.job_id], job_options(options, by_id[record.job_id]))
+        _fill(record, by_id[record.job_id], options, identity)
         _finish(summary, result_log, emit, record)
 
     emit(events.run_started(len(jobs), **({"shard": str(run.shard)} if run.shard else {})))
@@ -172,6 +202,14 @@ def _render_locked(jobs, options, run, emit, executor) -> RunSummary:
         raise
     emit(events.run_finished(_counts(summary)))
     return summary
+
+
+def _fill(record: JobRecord, job: Job, options: RenderOptions, identity: dict) -> None:
+    """What the runner adds to an executor's record: the job's settings and (unless skipped: that record keeps
+    what rendered it) the model."""
+    fill_job_settings(record, job, job_options(options, job))
+    if record.status != "skipped":
+        fill_model(record, identity)
 
 
 def _verify(summary: RunSummary, record: JobRecord, expected: str | None, emit: EventFn) -> None:

@@ -13,9 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from dhgen.checks import check_checkpoint, check_device, check_options, folder_problem
+from dhgen.checks import check_device, check_model, check_options, folder_problem
 from dhgen.errors import UsageError
 from dhgen.options import AvatarOptions, EncodeOptions, ModelOptions, RenderOptions, RunOptions
+
+
+def check_checkpoint(path: Path) -> None:
+    """What `render --model wav2lip --checkpoint PATH` judges before anything starts."""
+    check_model(ModelOptions(name="wav2lip", checkpoint=path, device="cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +70,9 @@ def test_checking_a_checkpoint_imports_no_torch(checkpoints):
     import subprocess
 
     code = (
-        "import sys; from pathlib import Path; from dhgen.checks import check_checkpoint; "
-        f"check_checkpoint(Path({str(checkpoints['zip.pth'])!r})); print('torch' in sys.modules)"
+        "import sys; from pathlib import Path; from dhgen.checks import check_model; from dhgen.options import "
+        f"ModelOptions; check_model(ModelOptions('wav2lip', Path({str(checkpoints['zip.pth'])!r}), 'cpu')); "
+        "print('torch' in sys.modules)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.strip() == "False"

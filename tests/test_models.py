@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from dhgen.errors import UsageError
-from dhgen.models import CropBatch, PatchBatch, concat_patches, get_spec, merge_batches, split_patches
+from dhgen.models import CropBatch, PatchBatch, concat_patches, get_family, merge_batches, split_patches
 
 
 def _crops(n, value):
@@ -39,5 +39,5 @@ def test_concat_keeps_a_shared_alpha_shared_and_expands_mixed_ones():
 
 def test_unknown_model_is_a_usage_error_naming_the_choices():
     with pytest.raises(UsageError, match="unknown model") as err:
-        get_spec("wav3lip")
+        get_family("wav3lip")
     assert "mouthwarp" in err.value.hint

@@ -9,7 +9,7 @@ import pytest
 
 from dhgen.composite import paste
 from dhgen.models import CropBatch
-from dhgen.models.mouthwarp import MouthWarp, alpha_mask, find_mouth
+from dhgen.models.mouthwarp.warp import MouthWarp, alpha_mask, find_mouth
 
 S = 128
 MOUTH = (slice(int(0.44 * S), int(0.66 * S)), slice(int(0.30 * S), int(0.70 * S)))  # rows, cols around the lips

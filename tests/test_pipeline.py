@@ -26,10 +26,10 @@ from dhgen.avatar import frame_schedule, iter_frames, probe_avatar
 from dhgen.executors.inprocess import InProcessExecutor
 from dhgen.face import detect_track, track_faces
 from dhgen.manifest import Job
-from dhgen.models import get_spec
+from dhgen.models import get_family
+from dhgen.models.serving import load_model
 from dhgen.options import AvatarOptions, FaceOptions, ModelOptions, RenderOptions, RunOptions
 from dhgen.runner import render
-from dhgen.serving import load_model
 
 FPS = 25
 
@@ -90,7 +90,7 @@ def face_rect(avatar: Path, cache_dir: Path, index: int = 0):
     """The model's crop rectangle on the avatar's frame `index`, from the face track (the pipeline's geometry)."""
     info = probe_avatar(avatar)
     track = track_faces(info, index + 1, FaceOptions(cache_dir=cache_dir))
-    return get_spec("mouthwarp").crop_rect(track.boxes[index], info.width, info.height)
+    return get_family("mouthwarp").crop_rect(track.boxes[index], info.width, info.height)
 
 
 def mouth_region(rect) -> tuple[slice, slice]:
@@ -274,7 +274,7 @@ def dark_mouth_share(frames: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     face's median brightness."""
     import cv2
 
-    spec, (height, width) = get_spec("mouthwarp"), frames.shape[1:3]
+    spec, (height, width) = get_family("mouthwarp"), frames.shape[1:3]
     shares = []
     for frame, k in zip(frames, frame_schedule(len(boxes), len(frames)), strict=True):
         x0, y0, x1, y1 = spec.crop_rect(boxes[k], width, height)
@@ -330,13 +330,13 @@ def test_pixels_outside_the_mask_are_the_avatars_exactly(tmp_path):
     options = RenderOptions(face=FaceOptions(cache_dir=tmp_path / "cache"), model=ModelOptions(device="cpu"))
     audio = tmp_path / "a.wav"
     write_clip(FIXTURES / "speech.wav", audio, 1.6)  # 40 frames, mouth open in most
-    job_state = pipeline._Job(Job("x", audio, FIXTURES / "avatar.mp4", tmp_path / "x.mp4"), options, None)
     inference = _Recorder(pipeline.LocalInference(load_model(options.model)))
+    job_state = pipeline._Job(Job("x", audio, FIXTURES / "avatar.mp4", tmp_path / "x.mp4"), options, inference, None)
     composited, masks = _Frames(), []
     frames = iter_frames(job_state.info, job_state.n_out, options.avatar.loop)
     while chunk := list(islice(frames, pipeline.CHUNK_FRAMES)):
-        submitted = job_state._submit(chunk, inference)
-        job_state._finish(submitted, inference, composited)
+        submitted = job_state._submit(chunk)
+        job_state._finish(submitted, composited)
         result = inference.results[submitted.ticket]
         for i, rect in enumerate(r for r in submitted.rects if r):
             alpha = result.alpha(i)

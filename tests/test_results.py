@@ -7,6 +7,7 @@ from dhgen.results import JobRecord, ResultLog, already_done, last_records, utc_
 
 # Every field DESIGN.md promises in a result record, and the per-job settings of issue 9 (README's field list).
 DESIGN_FIELDS = {
+    "model",
     "settings",
     "overrides",
     "meta",

@@ -68,6 +68,15 @@ def test_records_carry_every_field_and_events_frame_the_run(tmp_path, options):
     started, finished = (datetime.fromisoformat(line[k].replace("Z", "+00:00")) for k in ("started_at", "finished_at"))
     assert started <= finished and line["elapsed_s"] >= 0
     assert isinstance(line["input_fingerprint"], str) and line["input_fingerprint"]
+    assert line["model"] == {
+        "name": "mouthwarp",
+        "family": "dhgen.models.mouthwarp:family",
+        "source": "built-in",
+        "backend": "numpy",
+        "checkpoint_sha256": None,
+        "device": "cpu",
+        "dtype": "float32",
+    }
     assert [e["event"] for e in events] == ["run_started", "job_started", "job_finished", "run_finished"]
     assert events[-1]["succeeded"] == 1 and events[-1]["failed"] == 0
     assert events[2]["record"] == line

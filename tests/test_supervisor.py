@@ -140,7 +140,8 @@ def test_exception_in_worker_reaches_the_record_with_its_traceback(tmp_path, mon
 
     (record,) = summary.records
     assert record.status == "failed" and record.attempts == 1
-    assert record.error["type"] == "RuntimeError" and "injected fault" in record.error["message"]
+    assert record.error["type"] == "ModelError" and "injected fault" in record.error["message"]
+    assert "model mouthwarp raised RuntimeError" in record.error["message"]
     assert "Traceback" in record.error["traceback"] and "predict" in record.error["traceback"]
     assert not Path(record.output).exists()
 

@@ -12,9 +12,11 @@ import torch
 from torch import nn
 
 from dhgen.errors import ModelLoadError, OutOfMemory
-from dhgen.inference import load_predictor
 from dhgen.models import CropBatch
-from dhgen.models.wav2lip import Wav2Lip, Wav2LipPredictor, build_predictor, load_generator, strip_prefix
+from dhgen.models.serving import load_model
+from dhgen.models.torch_backend import TorchPredictor
+from dhgen.models.wav2lip import family
+from dhgen.models.wav2lip.network import Wav2Lip, Wav2LipModel, load_generator, load_predictor, strip_prefix
 from dhgen.options import ModelOptions
 
 S = 96
@@ -48,7 +50,7 @@ def expected(generator, inputs):
     mel, face = _tensors(inputs)
     with torch.inference_mode():
         raw = generator(mel, face)
-    return raw, Wav2LipPredictor(generator, "cpu").predict(inputs)
+    return raw, TorchPredictor("wav2lip", S, Wav2LipModel(generator), "cpu").predict(inputs)
 
 
 @pytest.fixture(scope="module")
@@ -106,18 +108,18 @@ def test_checkpoint_reproduces_the_generator(fmt, checkpoints, inputs, expected)
     with torch.inference_mode():
         torch.testing.assert_close(loaded(*_tensors(inputs)), raw, rtol=0, atol=1e-5)
 
-    result = build_predictor(_options(checkpoints[fmt]), "cpu").predict(inputs)
+    result = load_predictor(checkpoints[fmt], "cpu", "float32").predict(inputs)
     assert result.patches.shape == (2, S, S, 3) and result.patches.dtype == np.uint8
     assert result.alphas.shape == (1, S, S) and result.alphas.dtype == np.uint8  # one for the batch
     assert np.abs(result.patches.astype(int) - patches.patches).max() <= 1
     assert np.array_equal(result.alphas, patches.alphas)
 
 
-def test_bare_state_dict_loads_through_the_inference_hook(generator, inputs, expected, tmp_path):
+def test_bare_state_dict_loads_through_the_family(generator, inputs, expected, tmp_path):
     path = tmp_path / "bare.pth"
     torch.save(generator.state_dict(), path)
-    predictor = load_predictor(_options(path))  # dhgen.inference finds dhgen.models.wav2lip.build_model
-    assert predictor.spec.name == "wav2lip" and predictor.device.type == "cpu"
+    predictor = load_model(_options(path))  # the registry finds the family, the family loads its checkpoint
+    assert predictor.name == "wav2lip" and predictor.device == "cpu" and predictor.dtype == "float32"
     assert np.array_equal(predictor.predict(inputs).patches, expected[1].patches)
 
 
@@ -196,7 +198,7 @@ def test_unreadable_checkpoint_names_the_file(case, checkpoints, tmp_path):
 
 def test_no_checkpoint_given():
     with pytest.raises(ModelLoadError, match="needs a checkpoint"):
-        build_predictor(ModelOptions(name="wav2lip"), "cpu")
+        family.load(None, "cpu", "float32")
 
 
 # --- the predictor's contract, with stand-in generators ------------------------------------------------------------
@@ -215,10 +217,10 @@ class _Channels(nn.Module):
 
 
 def test_generator_sees_masked_crop_then_reference_in_bgr(inputs):
-    masked = Wav2LipPredictor(_Channels(0), "cpu").predict(inputs).patches
+    masked = TorchPredictor("wav2lip", S, Wav2LipModel(_Channels(0)), "cpu").predict(inputs).patches
     assert np.array_equal(masked[:, : S // 2], inputs.crops[:, : S // 2])  # same channel order, exact round trip
     assert not masked[:, S // 2 :].any()  # lower half hidden from the generator
-    refs = Wav2LipPredictor(_Channels(3), "cpu").predict(inputs).patches
+    refs = TorchPredictor("wav2lip", S, Wav2LipModel(_Channels(3)), "cpu").predict(inputs).patches
     assert np.array_equal(refs, inputs.refs)
 
 
@@ -237,7 +239,7 @@ class _OutOfMemory(nn.Module):
 
 def test_cuda_out_of_memory_becomes_retryable(inputs):
     with pytest.raises(OutOfMemory) as info:
-        Wav2LipPredictor(_OutOfMemory(), "cpu").predict(inputs)
+        TorchPredictor("wav2lip", S, Wav2LipModel(_OutOfMemory()), "cpu").predict(inputs)
     assert info.value.retryable
 
 
@@ -245,7 +247,7 @@ def test_cuda_out_of_memory_becomes_retryable(inputs):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_fp16_on_cuda_is_close_to_fp32(generator, inputs, expected, checkpoints):
     for path in (checkpoints["training"], checkpoints["trace"]):
-        result = build_predictor(_options(path), "cuda").predict(inputs)
+        result = load_predictor(path, "cuda", "float16").predict(inputs)
         assert np.abs(result.patches.astype(int) - expected[1].patches).max() <= 3
 
 

@@ -15,7 +15,7 @@ from dhgen import events
 from dhgen.errors import failure_record
 from dhgen.executors.slots import retrying
 from dhgen.options import RenderOptions, job_options
-from dhgen.results import JobRecord, fill_outcome, new_record, utc_now
+from dhgen.results import JobRecord, fill_outcome, new_record, note_served, utc_now
 from dhgen.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,9 @@ class InProcessExecutor:
         emit(events.job_started(job.id, record.attempts))
         options = job_options(self.options, job, record.errors)
         try:
-            fill_outcome(record, render_job(job, options, self._local_inference()))
+            inference = self._local_inference()
+            fill_outcome(record, render_job(job, options, inference))
+            note_served(record, inference.device, inference.dtype)
             return True
         except Exception as exc:  # noqa: BLE001 - every failure becomes the job's record, never the run's end
             log.debug("job %s failed", job.id, exc_info=True)
@@ -60,8 +62,8 @@ class InProcessExecutor:
 
     def _local_inference(self):
         if self._inference is None:
+            from dhgen.models.serving import load_for_serving
             from dhgen.pipeline import LocalInference
-            from dhgen.serving import load_model
 
-            self._inference = LocalInference(load_model(self.options.model))
+            self._inference = LocalInference(load_for_serving(self.options.model))
         return self._inference

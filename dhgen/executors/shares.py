@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import os
 
-from dhgen.models import ModelSpec
+from dhgen.models import get_family
+from dhgen.options import ModelOptions
 
 
 def job_threads(cores: int, jobs: int) -> int:
@@ -17,15 +18,16 @@ def job_threads(cores: int, jobs: int) -> int:
     return max(2, cores // max(1, jobs))
 
 
-def worker_threads(cores: int, jobs: int, device: str, spec: ModelSpec) -> int:
-    """Threads of an inference worker serving the model `spec`. A numpy model gets one (mouthwarp: ~0.3 ms a crop
-    on one core, 3,000 crops/s, more than 16 cores of x264 encode). A GPU worker only feeds its GPU; a CPU worker
-    gets half the cores, or all of them for a model that is slower than the encoders (`cpu_bound`, e.g. wav2lip)."""
-    if not spec.uses_gpu:
+def worker_threads(cores: int, jobs: int, device: str, model: ModelOptions) -> int:
+    """Threads of an inference worker serving `model`. A model that uses no GPU (numpy) gets one (mouthwarp: ~0.3 ms
+    a crop on one core, 3,000 crops/s, more than 16 cores of x264 encode). A GPU worker only feeds its GPU; a CPU
+    worker gets half the cores, or all of them for a model slower than the encoders (`cpu_bound`, e.g. wav2lip)."""
+    family = get_family(model.name)
+    if not family.uses_gpu(model.checkpoint):
         return 1
     if device.startswith(("cuda", "auto")):  # "auto:N" only when a GPU is visible
         return max(1, cores // (max(1, jobs) + 1))
-    return cores if spec.cpu_bound else max(1, cores // 2)
+    return cores if family.cpu_bound else max(1, cores // 2)
 
 
 def limit_threads(threads: int) -> None:

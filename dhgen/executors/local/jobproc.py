@@ -1,7 +1,7 @@
 """The job process: renders jobs one at a time, reaching the model through its pipe to the supervisor.
 
 From the supervisor: ("job", Job, RenderOptions) starts a job; ("stop",) ends the process. Then, per job,
-messages to the supervisor: ("infer", ticket, CropBatch), ("progress", counter, value), and last ("done",
+messages to the supervisor: ("infer", ticket, CropBatch | AudioRequest), ("progress", counter, value), and last ("done",
 JobOutcome) or ("failed", error record). From the supervisor: ("patches", ticket, PatchBatch) or
 ("infer_failed", ticket, error record). The job never imports torch.
 """

@@ -57,9 +57,9 @@ from dhgen.executors.slots import JobSlot, retrying
 from dhgen.executors.stopping import StopSignals
 from dhgen.liveness import PROGRESS_EVERY_S, AttemptProgress, Limits
 from dhgen.manifest import Job
-from dhgen.models import get_spec
+from dhgen.models import get_family
 from dhgen.options import RenderOptions, RunOptions, job_options
-from dhgen.results import JobRecord, fill_outcome, new_record, utc_now
+from dhgen.results import JobRecord, fill_outcome, new_record, note_served, utc_now
 from dhgen.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,7 @@ class _Worker:
     channel: Channel
     crash_path: Path
     started: float
+    dtype: str | None = None  # what the loaded model computes in (from its "ready")
     ready: bool = False
     last_reply: float = 0.0
     in_flight: dict = field(default_factory=dict)  # dispatch id -> [_Item]
@@ -184,7 +185,7 @@ class Supervisor:
     def _worker_devices(self) -> list[str]:
         count = self.run_options.workers
         device = self.options.model.device
-        if not get_spec(self.options.model.name).uses_gpu:
+        if not get_family(self.options.model.name).uses_gpu(self.options.model.checkpoint):
             return ["cpu"] * (count or 1)  # it needs no GPU: one CPU worker, however many GPUs there are
         if device == "auto" or device == "cuda":
             gpus = visible_gpu_count()
@@ -199,7 +200,7 @@ class Supervisor:
         jobs = max(1, min(self.run_options.jobs, len(self._slots)))
         if device is None:
             return job_threads(self._cores, jobs)
-        return worker_threads(self._cores, jobs, device, get_spec(self.options.model.name))
+        return worker_threads(self._cores, jobs, device, self.options.model)
 
     def _spawn(self, kind: str, index: int, target, args: tuple, threads: int):
         """Start a child; its messages arrive in the inbox under a key no other child ever had."""
@@ -293,7 +294,7 @@ class Supervisor:
         worker.last_reply = time.monotonic()
         if kind == "ready":
             worker.ready = True
-            worker.device = message[1]["device"]  # what "auto:N" turned out to be
+            worker.device, worker.dtype = message[1]["device"], message[1]["dtype"]  # what "auto:N" turned out to be
             self._emit(events.worker_started(worker.index, message[1]["pid"], message[1]["device"]))
         elif kind == "result":
             _, dispatch_id, results = message
@@ -302,8 +303,9 @@ class Supervisor:
             if worker.last_reply - worker.last_event >= PROGRESS_EVERY_S:
                 worker.last_event = worker.last_reply
                 self._emit(events.worker_progress(worker.index, worker.proc.pid, worker.served))
-            for item, patches in zip(worker.in_flight.pop(dispatch_id, []), results, strict=True):
-                self._deliver(item, ("patches", item.ticket, patches))
+            for item, answer in zip(worker.in_flight.pop(dispatch_id, []), results, strict=True):
+                note_served(self._slots[item.job_id].record, worker.device, worker.dtype)
+                self._deliver(item, ("patches", item.ticket, answer))
         elif kind == "error":
             _, dispatch_id, record = message
             for item in worker.in_flight.pop(dispatch_id, []):

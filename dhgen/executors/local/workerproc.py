@@ -1,10 +1,11 @@
 """The inference worker process: loads the model once and serves batches of face crops from any job.
 
-From the supervisor: ("batch", dispatch_id, [CropBatch, ...]) or ("stop",). To it: ("ready", {pid, device}),
-("result", dispatch_id, [PatchBatch, ...]), ("oom", {batch_size, message}) when it halves its batch size after
-an out-of-memory error, ("error", dispatch_id, record) when a batch raised, ("fatal", record) when the model
-cannot be loaded (the worker then exits). Crops from several jobs are run as one forward pass, in slices of at
-most the current batch size (`dhgen.serving`). A worker whose CUDA context breaks exits (code 70) to be replaced.
+From the supervisor: ("batch", dispatch_id, [CropBatch | AudioRequest, ...]) or ("stop",). To it: ("ready",
+{pid, device, dtype}), ("result", dispatch_id, [PatchBatch | audio features, ...]), ("oom", {batch_size,
+message}) when it halves its batch size after an out-of-memory error, ("error", dispatch_id, record) when a batch
+raised, ("fatal", record) when the model cannot be loaded (the worker then exits). Crops from several jobs are
+run as one forward pass, in slices of at most the current batch size (`dhgen.models.serving`). A worker whose
+CUDA context breaks exits (code 70) to be replaced.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from pathlib import Path
 
 from dhgen.errors import failure_record
 from dhgen.executors.local.children import init_child
-from dhgen.models import merge_batches, split_patches
+from dhgen.models import answer_requests
+from dhgen.models.serving import AdaptivePredictor, context_broken, load_for_serving
 from dhgen.options import ModelOptions
-from dhgen.serving import AdaptivePredictor, context_broken, load_for_serving
 
 EXIT_CONTEXT_BROKEN = 70  # the CUDA context is broken: the process ends so that a fresh one replaces it
 
@@ -32,10 +33,10 @@ def worker_main(conn: Connection, options: ModelOptions, parent_pid: int, crash_
         return
     adaptive = AdaptivePredictor(
         predictor,
-        options.batch_for(str(getattr(predictor, "device", options.device))),
+        options.batch_for(predictor.device),
         lambda limit, why: conn.send(("oom", {"batch_size": limit, "message": why})),
     )
-    conn.send(("ready", {"pid": os.getpid(), "device": str(getattr(predictor, "device", options.device))}))
+    conn.send(("ready", {"pid": os.getpid(), "device": predictor.device, "dtype": predictor.dtype}))
     _serve(conn, adaptive)
 
 
@@ -47,12 +48,12 @@ def _serve(conn: Connection, predictor: AdaptivePredictor) -> None:
             return  # the supervisor is gone
         if message[0] == "stop":
             os._exit(0)  # nothing to save; skips torch's slow interpreter teardown
-        _, dispatch_id, batches = message
+        _, dispatch_id, requests = message
         try:
-            result = predictor.predict(merge_batches(batches))
+            answers = answer_requests(predictor, requests)
         except Exception as exc:  # noqa: BLE001 - the jobs that sent this batch get the error
             if context_broken(exc):
                 os._exit(EXIT_CONTEXT_BROKEN)  # replaced by the supervisor, which replays the batch
             conn.send(("error", dispatch_id, failure_record(exc)))
             continue
-        conn.send(("result", dispatch_id, split_patches(result, [len(b) for b in batches])))
+        conn.send(("result", dispatch_id, answers))

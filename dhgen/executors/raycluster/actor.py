@@ -1,8 +1,9 @@
 """The inference actor: one per GPU (`num_gpus=1`), or one CPU actor on a node without GPUs. It loads the model
 once and serves the face crops of every job on its node, queued requests merged into one forward pass as the
-local worker does (in slices of the batch size, halved on out-of-memory: `dhgen.serving`).
+local worker does (in slices of the batch size, halved on out-of-memory: `dhgen.models.serving`).
 
     job task ──infer(CropBatch)──► queue ──► one forward over the queued crops (model thread) ──► patches per call
+    (an AudioRequest, once per job of a family that computes its audio features in the worker, rides the same way)
     driver ◄── watch(): {pid, device, node_id, fatal, restarted} once the model is loaded, then every REPORT_EVERY_S
                {served, pending, ooms}: the counters the driver judges the actor's liveness by
 
@@ -22,9 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from dhgen.errors import failure_record
 from dhgen.executors.shares import limit_threads
-from dhgen.models import CropBatch, merge_batches, split_patches
+from dhgen.models import CropBatch, answer_requests
+from dhgen.models.serving import AdaptivePredictor, context_broken, load_for_serving
 from dhgen.options import ModelOptions
-from dhgen.serving import AdaptivePredictor, context_broken, load_for_serving
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class InferenceActor:
             "pid": self.pid,
             "node_id": context.get_node_id(),
             "device": options.device,
+            "dtype": None,
             "fatal": None,
             "restarted": bool(context.was_current_actor_reconstructed),  # Ray restarted it at least once
         }
@@ -57,7 +59,8 @@ class InferenceActor:
         except Exception as exc:  # noqa: BLE001 - reported through watch() and every answer, typed
             self.info["fatal"] = failure_record(exc)
             return
-        self.info["device"] = device = str(getattr(predictor, "device", options.device))
+        self.info["device"] = device = predictor.device
+        self.info["dtype"] = predictor.dtype
         self._limit = options.batch_for(device)
         self._predictor = AdaptivePredictor(predictor, self._limit, self._on_oom)
 
@@ -87,15 +90,15 @@ class InferenceActor:
             items = self._take()
             self._busy = len(items)
             try:
-                merged = merge_batches([batch for batch, _ in items])
-                result = await loop.run_in_executor(self._model_thread, self._predictor.predict, merged)
+                requests = [batch for batch, _ in items]
+                results = await loop.run_in_executor(self._model_thread, answer_requests, self._predictor, requests)
             except Exception as exc:  # noqa: BLE001 - the jobs that sent these batches get the error
                 if context_broken(exc):
                     log.error("CUDA context broken (%s): this actor process ends so that Ray replaces it", exc)
                     os._exit(EXIT_CONTEXT_BROKEN)
                 answers = [{"error": failure_record(exc)}] * len(items)
             else:
-                answers = [{"patches": p} for p in split_patches(result, [len(b) for b, _ in items])]
+                answers = [{"patches": r} for r in results]
             finally:
                 self._busy = 0
             self._served += 1

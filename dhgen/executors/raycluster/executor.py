@@ -34,7 +34,7 @@ from dhgen.liveness import AttemptProgress, Limits
 from dhgen.manifest import Job
 from dhgen.options import RenderOptions, RunOptions, job_options
 from dhgen.pipeline import make_output_folder
-from dhgen.results import JobRecord, fill_outcome, new_record, utc_now
+from dhgen.results import JobRecord, fill_outcome, new_record, note_served, utc_now
 from dhgen.retry import RetryPolicy
 from dhgen.writer import temp_path_for, write_file_atomically
 
@@ -182,6 +182,7 @@ class RayExecutor:
                 self._attempt_failed(slot, {**exc.to_record(), "time": utc_now()})
                 return
         fill_outcome(slot.record, outcome)
+        note_served(slot.record, slot.running.actor.device, slot.running.actor.dtype)
         self._end_attempt(slot)
         self._finish(slot)
 

@@ -31,7 +31,7 @@ from dhgen.executors.raycluster.cluster import NodeInfo, nodes
 from dhgen.executors.raycluster.failures import actor_died, node_lost
 from dhgen.executors.shares import job_threads, worker_threads
 from dhgen.liveness import PROGRESS_EVERY_S, Limits
-from dhgen.models import get_spec
+from dhgen.models import get_family
 from dhgen.options import RenderOptions, RunOptions
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ class Actor:
     ready: bool = False  # the current process has loaded the model
     pid: int | None = None
     device: str = "?"
+    dtype: str | None = None
     served: int = 0  # forward passes of the current process
     pending: int = 0  # requests it holds, as last reported
     progress_at: float = 0.0  # when `served` last moved (or work became pending)
@@ -138,7 +139,9 @@ class Pool:
         return self.nodes.get(node_id)
 
     def _add_node(self, info: NodeInfo) -> None:
-        on_gpu = self.options.model.device != "cpu" and get_spec(self.options.model.name).uses_gpu
+        on_gpu = self.options.model.device != "cpu" and get_family(self.options.model.name).uses_gpu(
+            self.options.model.checkpoint
+        )
         gpus = int(info.gpus) if on_gpu else 0  # a numpy model needs no GPU: one CPU actor per node
         capacity = min(self.run.jobs, int(info.cpus))
         if capacity < 1 or (on_gpu and self.options.model.device.startswith("cuda") and not gpus):
@@ -154,7 +157,7 @@ class Pool:
     def _start_actor(self, node: Node, gpu: bool) -> Actor:
         device = ("cuda" if self.options.model.device.startswith("cuda") else "auto") if gpu else "cpu"
         model = dataclasses.replace(self.options.model, device=device)
-        threads = worker_threads(int(node.info.cpus), node.capacity, device, get_spec(model.name))
+        threads = worker_threads(int(node.info.cpus), node.capacity, device, model)
         env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
         handle = self._actor_class.options(
             num_cpus=0,
@@ -220,6 +223,7 @@ class Pool:
             if not actor.usable:
                 return
         actor.ready, actor.pid, actor.device, actor.served, actor.pending = True, item["pid"], item["device"], 0, 0
+        actor.dtype = item.get("dtype")
         actor.progress_at = actor.busy_at = now
         actor.death_noted = False
         self._emit(

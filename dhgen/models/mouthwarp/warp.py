@@ -1,6 +1,6 @@
-"""The embedded lip-sync model: array maths (numpy + OpenCV), no weights, no torch; runs on the CPU everywhere.
+"""The embedded lip-sync model's maths: numpy + OpenCV, no weights, no torch; runs on the CPU everywhere.
 
-Per crop (the lower face; see `ModelSpec.crop_rect`), given the avatar's closed-mouth reference crop:
+Per crop (the lower face; see `MouthWarpFamily.crop_rect`), given the avatar's closed-mouth reference crop:
 
 1. *Find the mouth* in the reference, once per reference (`find_mouth`): the lip seam as a curve (tilt and
    smile included), the mouth's centre and width, and whether the reference already shows its upper teeth.
@@ -23,7 +23,7 @@ one multiply (~0.3 ms on one core). Openness 0 gives exactly the neutralised clo
 function of the crop size (it does not flicker with the openness or the reference): 0 on and near the crop
 border, 255 over the mouth and jaw. Geometry is in fractions of the crop side, so any crop size works.
 
-Contract (every model in `dhgen.models`): `predict(CropBatch) -> PatchBatch`, uint8 BGR crops, refs and patches,
+Predictor (`dhgen.models.Predictor`): `predict(CropBatch) -> PatchBatch`, uint8 BGR crops, refs and patches,
 one uint8 alpha for the batch. The result depends only on each (crop, reference, openness), never on the batch.
 """
 
@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from dhgen.models import CropBatch, ModelSpec, PatchBatch, get_spec
+from dhgen.models.batches import CropBatch, PatchBatch
 
 log = logging.getLogger(__name__)
 
@@ -417,10 +417,10 @@ class MouthWarp:
     """Weight-free mouth re-animation of `size` x `size` lower-face crops: `predict(CropBatch) -> PatchBatch`."""
 
     device = "cpu"
+    dtype = "float32"
 
-    def __init__(self, size: int = 128, spec: ModelSpec | None = None) -> None:
+    def __init__(self, size: int = 128) -> None:
         self.size = size
-        self.spec = spec or get_spec("mouthwarp")
         self.alpha = alpha_mask(size)
         self._geometries: OrderedDict[bytes, Geometry] = OrderedDict()
         self._last: tuple[np.ndarray, Geometry] | None = None
@@ -491,9 +491,3 @@ class MouthWarp:
         floor = 2.0 * sums[..., 6:7]
         gain = np.minimum(np.maximum((sums[..., :3] + floor) / (sums[..., 3:6] + floor), 0.4), 2.5)
         return cv2.resize(gain, (self.size, self.size), interpolation=cv2.INTER_LINEAR)
-
-
-def build_predictor(options, device: str | None = None) -> MouthWarp:
-    """The model for `dhgen.serving.load_model` (no checkpoint, no device: it runs on the CPU)."""
-    spec = get_spec("mouthwarp")
-    return MouthWarp(spec.crop_size, spec)

@@ -1,4 +1,4 @@
-"""The Wav2Lip generator (published layer layout), checkpoint loading, and its predictor.
+"""The Wav2Lip generator under torch (published layer layout), checkpoint loading, and its predictor.
 
 The network is laid out exactly like the published Wav2Lip generator (Prajwal et al., 2020), so its checkpoints
 load as they are: a face encoder (7 blocks, 96 -> 1 px), an audio encoder for one (1, 80, 16) mel window, a
@@ -27,10 +27,9 @@ import torch
 from torch import nn
 
 from dhgen.composite import feather_mask
-from dhgen.errors import ModelLoadError
-from dhgen.inference import Predictor
-from dhgen.models import get_spec
-from dhgen.options import ModelOptions
+from dhgen.errors import ModelLoadError, first_line
+from dhgen.models.torch_backend import TorchPredictor
+from dhgen.models.wav2lip import CHECKPOINT_HINT
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +38,6 @@ MEL_BINS, MEL_STEPS = 80, 16  # one mel window: 80 bins x 16 frames (0.2 s at 80
 ALPHA_TOP = 0.5  # the patch is pasted below this fraction of the crop: the half Wav2Lip regenerates
 DP_PREFIX = "module."  # what torch.nn.DataParallel puts in front of every key
 SHOWN_KEYS = 5  # how many mismatched keys an error message lists per kind
-
-CHECKPOINT_HINT = (
-    "pass the Wav2Lip generator checkpoint (wav2lip.pth / wav2lip_gan.pth, or a TorchScript .pt whose "
-    "forward takes (mel, face)), not the SyncNet expert or the quality discriminator"
-)
 
 
 # --- the network ------------------------------------------------------------------------------------------------
@@ -172,7 +166,9 @@ def _load_torchscript(path: Path, device) -> nn.Module:
     except torch.cuda.OutOfMemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - anything the archive reader raises means "not a usable model"
-        raise ModelLoadError(f"cannot read TorchScript checkpoint: {_first_line(exc)}", path=path) from exc
+        raise ModelLoadError(
+            f"cannot read TorchScript checkpoint: {first_line(exc)}", path=path, hint=CHECKPOINT_HINT
+        ) from exc
     _probe(model, path, device)
     return model
 
@@ -189,11 +185,13 @@ def _probe(model: nn.Module, path: Path, device) -> None:
         raise
     except Exception as exc:  # noqa: BLE001 - a scripted forward can raise anything
         raise ModelLoadError(
-            f"TorchScript model does not take (mel (B, 1, 80, 16), face (B, 6, 96, 96)): {_first_line(exc)}", path=path
+            f"TorchScript model does not take (mel (B, 1, 80, 16), face (B, 6, 96, 96)): {first_line(exc)}", path=path
         ) from exc
     shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
     if shape != (1, 3, FACE_SIZE, FACE_SIZE):
-        raise ModelLoadError(f"TorchScript model returns {shape}, expected a (B, 3, 96, 96) face", path=path)
+        raise ModelLoadError(
+            f"TorchScript model returns {shape}, expected a (B, 3, 96, 96) face", path=path, hint=CHECKPOINT_HINT
+        )
 
 
 def _matching_state_dict(path: Path, model: nn.Module) -> dict[str, torch.Tensor]:
@@ -205,7 +203,9 @@ def _matching_state_dict(path: Path, model: nn.Module) -> dict[str, torch.Tensor
             state[key] = value
     problems = _mismatches(state, expected)
     if problems:
-        raise ModelLoadError(f"not a Wav2Lip generator checkpoint: {'; '.join(problems)}", path=path)
+        raise ModelLoadError(
+            f"not a Wav2Lip generator checkpoint: {'; '.join(problems)}", path=path, hint=CHECKPOINT_HINT
+        )
     return state
 
 
@@ -220,12 +220,14 @@ def _read_state_dict(path: Path) -> Mapping[str, object]:
             hint="re-save the weights alone: torch.save({'state_dict': model.state_dict()}, 'wav2lip.pth')",
         ) from exc
     except Exception as exc:  # noqa: BLE001 - truncated zips, random bytes: unreadable
-        raise ModelLoadError(f"cannot read checkpoint: {_first_line(exc)}", path=path) from exc
+        raise ModelLoadError(f"cannot read checkpoint: {first_line(exc)}", path=path, hint=CHECKPOINT_HINT) from exc
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(k, str) for k in obj):
         raise ModelLoadError(
-            f"checkpoint holds a {type(obj).__name__}, not a state dict (or {{'state_dict': ...}})", path=path
+            f"checkpoint holds a {type(obj).__name__}, not a state dict (or {{'state_dict': ...}})",
+            path=path,
+            hint=CHECKPOINT_HINT,
         )
     return obj
 
@@ -249,11 +251,6 @@ def _mismatches(state: Mapping[str, object], expected: Mapping[str, torch.Tensor
 
 def _shape(value: object):
     return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def _input_dtype(model: nn.Module) -> torch.dtype:
@@ -293,26 +290,7 @@ class Wav2LipModel(nn.Module):
         return patches.contiguous(), self.alpha[None]  # one alpha for the whole batch
 
 
-class Wav2LipPredictor(Predictor):
-    """`predict(CropBatch) -> PatchBatch` with a Wav2Lip generator (eval mode, inference mode, fp16 autocast on
-    CUDA, CUDA OOM -> `OutOfMemory`: all from `dhgen.inference.Predictor`)."""
-
-    def __init__(self, generator: nn.Module, device: str | torch.device) -> None:
-        device = torch.device(device)
-        super().__init__(get_spec("wav2lip"), Wav2LipModel(generator).to(device).eval(), str(device))
-
-
-def build_model(options: ModelOptions, device: str) -> Wav2LipModel:
-    """The hook for `dhgen.inference.load_predictor`: the checkpoint's generator wrapped in the model contract."""
-    return Wav2LipModel(load_generator(_checkpoint(options), device)).to(device).eval()
-
-
-def build_predictor(options: ModelOptions, device: str) -> Wav2LipPredictor:
-    """A predictor for `options.checkpoint` on `device` (`cpu`, `cuda`, `cuda:N`; already resolved)."""
-    return Wav2LipPredictor(load_generator(_checkpoint(options), device), device)
-
-
-def _checkpoint(options: ModelOptions) -> Path:
-    if options.checkpoint is None:
-        raise ModelLoadError("the wav2lip model needs a checkpoint", hint="pass --checkpoint; " + CHECKPOINT_HINT)
-    return Path(options.checkpoint)
+def load_predictor(checkpoint: Path, device: str, dtype: str) -> TorchPredictor:
+    """The predictor for a `.pth` / TorchScript checkpoint on `device` (already resolved: cpu, cuda, cuda:N)."""
+    model = Wav2LipModel(load_generator(checkpoint, device)).to(device).eval()
+    return TorchPredictor("wav2lip", FACE_SIZE, model, device, dtype)

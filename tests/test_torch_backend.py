@@ -1,4 +1,4 @@
-"""The torch Predictor (wav2lip's path): devices, shapes, and a CUDA OOM surfacing as a retryable error.
+"""The torch plumbing (wav2lip's path): devices, shapes, and a CUDA OOM surfacing as a retryable error.
 
 A small stand-in nn.Module keeps these tests fast and independent of wav2lip's weights; mouthwarp is numpy and
 has its own tests (tests/test_mouthwarp.py).
@@ -6,18 +6,14 @@ has its own tests (tests/test_mouthwarp.py).
 
 from __future__ import annotations
 
-import sys
-import types
-
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from dhgen.errors import ModelLoadError, OutOfMemory, UsageError
-from dhgen.inference import Predictor, load_predictor, resolve_device
-from dhgen.models import CropBatch, get_spec
-from dhgen.options import ModelOptions
+from dhgen.errors import OutOfMemory, UsageError
+from dhgen.models import CropBatch
+from dhgen.models.torch_backend import TorchPredictor, resolve_device
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without CUDA")
 gpu = pytest.mark.gpu
@@ -46,8 +42,8 @@ def crop_batch(n: int, size: int = S, seed: int = 0) -> CropBatch:
 
 
 @pytest.fixture
-def predictor() -> Predictor:
-    return Predictor(get_spec("wav2lip"), Blend().eval(), "cpu")
+def predictor() -> TorchPredictor:
+    return TorchPredictor("wav2lip", S, Blend().eval(), "cpu")
 
 
 def test_predict_on_cpu_returns_uint8_patches_and_alphas(predictor):
@@ -96,11 +92,6 @@ def test_unknown_device_names_are_usage_errors(name):
         resolve_device(name)
 
 
-def test_unknown_model_is_a_usage_error():
-    with pytest.raises(UsageError, match="unknown model"):
-        load_predictor(ModelOptions(name="nope", device="cpu"))
-
-
 def test_cuda_oom_inside_the_model_surfaces_as_out_of_memory(predictor, monkeypatch):
     def forward(self, crops, refs, cond):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -122,47 +113,12 @@ def test_other_model_errors_pass_through_unchanged(predictor, monkeypatch):
         predictor.predict(crop_batch(2))
 
 
-def test_load_predictor_uses_the_model_modules_build_model_hook(monkeypatch):
-    calls = []
-
-    def build_model(options, device):
-        calls.append((options.checkpoint, device))
-        return Blend()
-
-    fake = types.ModuleType("dhgen.models.wav2lip")
-    fake.build_model = build_model
-    monkeypatch.setitem(sys.modules, "dhgen.models.wav2lip", fake)
-    predictor = load_predictor(ModelOptions(name="wav2lip", checkpoint="w.pth", device="cpu"))
-    assert calls == [("w.pth", "cpu")] and predictor.spec.crop_size == 96
-    batch = crop_batch(2, size=96)
-    batch.cond = np.zeros(2, np.float32)
-    assert predictor.predict(batch).patches.shape == (2, 96, 96, 3)
-
-
-def test_load_predictor_prefers_a_build_predictor_hook(monkeypatch):
-    def build_predictor(options, device):
-        return Predictor(get_spec("wav2lip"), Blend(), device)
-
-    fake = types.ModuleType("dhgen.models.wav2lip")
-    fake.build_predictor = build_predictor
-    fake.build_model = None  # not called when build_predictor exists
-    monkeypatch.setitem(sys.modules, "dhgen.models.wav2lip", fake)
-    predictor = load_predictor(ModelOptions(name="wav2lip", checkpoint="w.pth", device="cpu"))
-    assert predictor.spec.name == "wav2lip" and predictor.device.type == "cpu"
-
-
-def test_a_model_module_that_is_missing_is_a_model_load_error(monkeypatch):
-    monkeypatch.setitem(sys.modules, "dhgen.models.wav2lip", None)  # import of this name fails
-    with pytest.raises(ModelLoadError, match="wav2lip"):
-        load_predictor(ModelOptions(name="wav2lip", checkpoint="w.pth", device="cpu"))
-
-
 @gpu
 @needs_cuda
 def test_cuda_matches_cpu():
     batch = crop_batch(8, seed=2)
-    cpu = Predictor(get_spec("wav2lip"), Blend().eval(), "cpu").predict(batch)
-    cuda = Predictor(get_spec("wav2lip"), Blend().cuda().eval(), "cuda").predict(batch)
+    cpu = TorchPredictor("wav2lip", S, Blend().eval(), "cpu").predict(batch)
+    cuda = TorchPredictor("wav2lip", S, Blend().cuda().eval(), "cuda", "float16").predict(batch)
     np.testing.assert_array_equal(cuda.alphas, cpu.alphas)
     diff = np.abs(cuda.patches.astype(int) - cpu.patches)
     assert diff.max() <= 2 and diff.mean() < 0.05

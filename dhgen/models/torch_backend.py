@@ -1,31 +1,22 @@
-"""Model loading and batched prediction: the only torch entry point besides the model implementations.
+"""The torch plumbing every torch family shares: devices, CUDA errors, and a batched forward.
 
-`load_predictor(options)` picks the device, then imports `dhgen.models.<options.name>` and asks it for the model
-through one of two hooks (the first one the module defines):
-
-    build_predictor(options: ModelOptions, device: str) -> Predictor
-    build_model(options: ModelOptions, device: str) -> torch.nn.Module     # wrapped as Predictor(spec, m, device)
-
-Either raises `dhgen.errors.ModelLoadError` for a missing or bad checkpoint. The module handed to `Predictor` is
-on `device` in eval mode and its `forward(crops, refs, cond) -> (patches, alphas)` takes uint8 (B, S, S, 3) BGR
-crops and refs and the float32 conditioning (`(B,)` openness or `(B, 80, 16)` mel windows) as tensors on
-`device`, and returns uint8 (B, S, S, 3) BGR patches and uint8 (B, S, S) alphas (see `dhgen.models.CropBatch` /
-`PatchBatch`). `Predictor` owns everything around the forward: host/device copies, `torch.inference_mode`, fp16
-autocast on CUDA, and turning a CUDA out-of-memory error into `dhgen.errors.OutOfMemory`.
+`resolve_device` turns --device into a torch device. `TorchPredictor` wraps a family's `torch.nn.Module` whose
+`forward(crops, refs, cond) -> (patches, alphas)` takes uint8 (B, S, S, 3) BGR crops and refs and the float32
+conditioning as tensors on the device, and returns uint8 (B, S, S, 3) BGR patches and uint8 (B or 1, S, S)
+alphas (see `dhgen.models.CropBatch` / `PatchBatch`). It owns everything around the forward: host/device copies,
+`torch.inference_mode`, fp16 autocast on CUDA, and turning a CUDA out-of-memory error into `OutOfMemory`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 
 import numpy as np
 import torch
 
-from dhgen.errors import ModelLoadError, OutOfMemory, UsageError
-from dhgen.models import CropBatch, ModelSpec, PatchBatch, get_spec
-from dhgen.options import ModelOptions
+from dhgen.errors import OutOfMemory, UsageError
+from dhgen.models.batches import CropBatch, PatchBatch
 
 log = logging.getLogger(__name__)
 
@@ -77,18 +68,23 @@ def is_cuda_context_broken(exc: BaseException) -> bool:
     return isinstance(exc, torch.AcceleratorError) and not is_cuda_oom(exc)
 
 
-class Predictor:
-    """A loaded model on one device: `predict(CropBatch) -> PatchBatch`, numpy in, numpy out."""
+class TorchPredictor:
+    """A family's module on one device: `predict(CropBatch) -> PatchBatch`, numpy in, numpy out."""
 
-    def __init__(self, spec: ModelSpec, model: torch.nn.Module, device: str) -> None:
-        self.spec = spec
+    def __init__(self, name: str, crop_size: int, model: torch.nn.Module, device: str, dtype: str = "float32") -> None:
+        self.name, self.crop_size = name, crop_size
         self.model = model
-        self.device = torch.device(device)
+        self._device = torch.device(device)
+        self.dtype = dtype if self._device.type == "cuda" else "float32"  # fp16 autocast on CUDA only
+
+    @property
+    def device(self) -> str:
+        return str(self._device)
 
     def predict(self, batch: CropBatch) -> PatchBatch:
         """Run one batch. Raises `OutOfMemory` (retryable with a smaller batch) on a CUDA OOM."""
         if len(batch) == 0:
-            size = self.spec.crop_size
+            size = self.crop_size
             return PatchBatch(np.zeros((0, size, size, 3), np.uint8), np.zeros((0, size, size), np.uint8))
         try:
             with torch.inference_mode(), self._autocast():
@@ -99,55 +95,32 @@ class Predictor:
                 raise
             self._release_cache()
             raise OutOfMemory(
-                f"CUDA out of memory running {self.spec.name} on a batch of {len(batch)} on {self.device}",
+                f"CUDA out of memory running {self.name} on a batch of {len(batch)} on {self.device}",
             ) from exc
 
     def _to_device(self, batch: CropBatch):
-        size = self.spec.crop_size
+        size = self.crop_size
         crops, refs = np.asarray(batch.crops), np.asarray(batch.refs)
         if crops.shape[1:] != (size, size, 3) or refs.shape != crops.shape:
             raise ValueError(
-                f"{self.spec.name} expects crops and refs of shape (B, {size}, {size}, 3), "
+                f"{self.name} expects crops and refs of shape (B, {size}, {size}, 3), "
                 f"got {crops.shape} and {refs.shape}"
             )
         cond = np.asarray(batch.cond, dtype=np.float32)
         tensors = (torch.from_numpy(np.ascontiguousarray(a)) for a in (crops, refs, cond))
-        non_blocking = self.device.type == "cuda"
-        return [t.to(self.device, non_blocking=non_blocking) for t in tensors]
+        non_blocking = self._device.type == "cuda"
+        return [t.to(self._device, non_blocking=non_blocking) for t in tensors]
 
     def _autocast(self):
-        if self.device.type == "cuda":
+        if self.dtype == "float16":
             return torch.autocast("cuda", dtype=torch.float16)
         return contextlib.nullcontext()
 
     def _release_cache(self) -> None:
-        if self.device.type == "cuda":
+        if self._device.type == "cuda":
             with contextlib.suppress(Exception):
                 torch.cuda.empty_cache()
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.detach().to("cpu", torch.uint8).numpy())
-
-
-def load_predictor(options: ModelOptions) -> Predictor:
-    """Build the model named by `options.name` on `options.device` (see the module docstring for the hook)."""
-    spec = get_spec(options.name)
-    device = resolve_device(options.device)
-    try:
-        impl = importlib.import_module(f"dhgen.models.{spec.name}")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"dhgen.models.{spec.name}":
-            raise
-        raise ModelLoadError(
-            f"model {spec.name!r} is not available in this installation", hint="use --model mouthwarp"
-        ) from exc
-    try:
-        if hasattr(impl, "build_predictor"):
-            predictor = impl.build_predictor(options, device)
-        else:
-            predictor = Predictor(spec, impl.build_model(options, device), device)
-    except torch.cuda.OutOfMemoryError as exc:
-        raise OutOfMemory(f"CUDA out of memory loading {spec.name} on {device}") from exc
-    log.info("loaded model %s on %s", spec.name, device)
-    return predictor
