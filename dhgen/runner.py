@@ -142,6 +142,7 @@ def _render_locked(jobs, options, run, emit, executor) -> RunSummary:
         fill_job_settings(record, by_id[record.job_id], job_options(options, by_id[record.job_id]))
         _finish(summary, result_log, emit, record)
 
+    _create(result_log)
     emit(events.run_started(len(jobs), **({"shard": str(run.shard)} if run.shard else {})))
     to_run, to_verify = [], {}
     for job in jobs:
@@ -200,6 +201,13 @@ def _previous_records(run: RunOptions) -> dict[str, dict]:
     """`--resume` reads this run's own log and every other result log in the output folder (other shards, an
     earlier unsharded run or another shard count), so a job done under any of them is not rendered again."""
     return last_records_of([run.results_path, *result_logs(run.out_dir)])
+
+
+def _create(result_log: ResultLog) -> None:
+    try:
+        result_log.create()
+    except OSError as exc:
+        log.error("cannot create the result log %s: %s", result_log.path, exc)
 
 
 def _finish(summary: RunSummary, result_log: ResultLog, emit: EventFn, record: JobRecord) -> None:
