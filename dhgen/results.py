@@ -107,10 +107,10 @@ class ResultLog:
         self.path = Path(path)
 
     def create(self) -> None:
-        """The log exists from the run's start, so a run with nothing to do (a shard without jobs) leaves one that
-        says it ran."""
+        """Make sure the log exists, empty when nothing was recorded: a run that finished with nothing to do (a
+        shard without jobs) leaves a log that says it ran."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.touch()
+        open(self.path, "ab").close()
 
     def append(self, record: JobRecord) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -142,7 +142,6 @@ def _render_locked(jobs, options, run, emit, executor) -> RunSummary:
         fill_job_settings(record, by_id[record.job_id], job_options(options, by_id[record.job_id]))
         _finish(summary, result_log, emit, record)
 
-    _create(result_log)
     emit(events.run_started(len(jobs), **({"shard": str(run.shard)} if run.shard else {})))
     to_run, to_verify = [], {}
     for job in jobs:
@@ -171,6 +170,7 @@ def _render_locked(jobs, options, run, emit, executor) -> RunSummary:
         not_started = [j.id for j in to_run if j.id not in started]
         emit(events.run_stopped(exc.signum, _counts(summary), interrupted, not_started))
         raise
+    _create(result_log)
     emit(events.run_finished(_counts(summary)))
     return summary
 
@@ -204,6 +204,7 @@ def _previous_records(run: RunOptions) -> dict[str, dict]:
 
 
 def _create(result_log: ResultLog) -> None:
+    """A run that finished leaves its log, even when empty (a shard without jobs): `dhgen report` sees it ran."""
     try:
         result_log.create()
     except OSError as exc:
