@@ -5,7 +5,7 @@ of its own on its own socket (so no system daemon is needed or touched), the con
 every daemon's log. `CommunicationParameters=NoInAddrAny,NoCtldInAddrAny` makes the daemons listen on the address
 the host name resolves to; where that is not a loopback address they run in a UTS namespace named `localhost`,
 and `start` checks that nothing listens elsewhere. The daemons run in the foreground in sessions of their own and
-are stopped by process group (slurmstepd included) in `stop`, which never raises.
+are stopped by process group (slurmstepd included) in `stop`, whatever happened before.
 """
 
 from __future__ import annotations
@@ -81,6 +81,7 @@ class SlurmCluster:
         self.root.chmod(0o755)
         self.conf = self.root / "slurm.conf"
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
+        self.ports: set[int] = set()  # the daemons', chosen free at start
         self._daemons: dict[str, subprocess.Popen] = {}
 
     # --- starting and stopping ----------------------------------------------------------------------------------
@@ -89,23 +90,30 @@ class SlurmCluster:
         """munged, slurmctld, slurmd; returns once the node is idle. RuntimeError (with the daemons' logs) if not."""
         deadline = time.monotonic() + timeout
         self._write_conf()
-        self._spawn("munged", MUNGED, "-F", "-f", *self._munge_paths())
-        self._wait(lambda: self._munge_answers(), deadline, "munged to answer on its socket")
+        self._spawn("munged", MUNGED, "-F", *self._munge_paths())
+        self._wait(self._munge_answers, deadline, "munged to answer on its socket")
         self._spawn("slurmctld", SLURMCTLD, "-D")
         self._spawn("slurmd", SLURMD, "-D", "-N", NODE)
         self._wait(lambda: self.run("sinfo", "-h", "-N", "-o", "%t", check=False).strip() == "idle", deadline, "idle")
         self._check_loopback_only()
 
     def stop(self) -> None:
-        """Cancel every job, then stop the daemons by process group: SIGTERM, then SIGKILL after 10 s."""
-        if "slurmctld" in self._daemons:
-            self.run("scancel", "--user=root", check=False)
-            self._wait(lambda: not self.run("squeue", "-h", check=False).strip(), time.monotonic() + 20, None)
-        for name in ("slurmd", "slurmctld", "munged"):
-            process = self._daemons.pop(name, None)
-            if process is not None:
-                _stop_group(process)
-        shutil.rmtree(self.root, ignore_errors=True)
+        """Cancel every job (20 s at most), then stop the daemons by process group whatever happened: SIGTERM, then
+        SIGKILL to what is left 10 s later; the temp folder goes too."""
+        try:
+            if "slurmctld" in self._daemons:
+                self._cancel_jobs(deadline=time.monotonic() + 20)
+        finally:
+            for name in ("slurmd", "slurmctld", "munged"):
+                process = self._daemons.pop(name, None)
+                if process is not None:
+                    _stop_group(process)
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def _cancel_jobs(self, deadline: float) -> None:
+        self.run("scancel", "--user=root", check=False)
+        while self.run("squeue", "-h", check=False).strip() and time.monotonic() < deadline:
+            time.sleep(0.2)
 
     def _write_conf(self) -> None:
         for folder in ("state", "spool"):
@@ -152,12 +160,10 @@ class SlurmCluster:
         decoded = subprocess.run(["unmunge", socket_path], input=credential.stdout, capture_output=True, timeout=10)
         return decoded.returncode == 0
 
-    def _wait(self, ready, deadline: float, what: str | None) -> None:
+    def _wait(self, ready, deadline: float, what: str) -> None:
         while not ready():
             dead = [name for name, p in self._daemons.items() if p.poll() is not None]
             if dead or time.monotonic() > deadline:
-                if what is None:
-                    return
                 raise RuntimeError(
                     f"Slurm did not start ({', '.join(dead) or 'timed out'} waiting for {what}):\n" + self.logs()
                 )
