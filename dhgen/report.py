@@ -148,7 +148,7 @@ def build_report(out_dir: str | Path, manifest: str | Path | None = None) -> Bat
 def _shard_jobs(per_log: dict[Path, dict]) -> dict[str, int]:
     """The jobs recorded in each shard's log, by shard (`1/4`), in shard order."""
     by_shard = {shard: len(records) for path, records in per_log.items() if (shard := shard_in_name(path))}
-    return {str(shard): n for shard, n in sorted(by_shard.items(), key=lambda item: _shard_key(str(item[0])))}
+    return {str(shard): n for shard, n in sorted(by_shard.items(), key=lambda item: (item[0].count, item[0].index))}
 
 
 def verify_against(report: BatchReport, other: str | Path) -> BatchReport:

@@ -80,9 +80,13 @@ class SlurmCluster:
         self.root = Path(tempfile.mkdtemp(prefix="dhgen-slurm-"))
         self.root.chmod(0o755)
         self.conf = self.root / "slurm.conf"
-        self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
         self.ports: set[int] = set()  # the daemons', chosen free at start
         self._daemons: dict[str, subprocess.Popen] = {}
+
+    @property
+    def env(self) -> dict[str, str]:
+        """This process's environment as it is now (a job gets its submitter's), with SLURM_CONF naming this Slurm."""
+        return {**os.environ, "SLURM_CONF": str(self.conf)}
 
     # --- starting and stopping ----------------------------------------------------------------------------------
 

@@ -16,9 +16,9 @@ set -euo pipefail
 here=$(dirname "$0")
 : "${MANIFEST:?set MANIFEST to the batch's manifest (a path every node can read)}"
 : "${OUT:?set OUT to the batch's output folder (a path every node can write)}"
-DHGEN=${DHGEN:-$(command -v dhgen || true)}
-if [[ ! -x $DHGEN ]]; then
-    echo "submit.sh: no dhgen here (DHGEN='$DHGEN'); set DHGEN to its path, e.g. /opt/dhgen/.venv/bin/dhgen" >&2
+wanted=${DHGEN:-dhgen}
+if ! DHGEN=$(command -v "$wanted"); then  # the tasks get its full path
+    echo "submit.sh: DHGEN=$wanted is not a command here; set DHGEN to dhgen's path (/opt/dhgen/.venv/bin/dhgen)" >&2
     exit 2
 fi
 GPUS=${GPUS:-1}
