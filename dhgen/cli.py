@@ -16,7 +16,7 @@ import signal
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -27,6 +27,9 @@ from dhgen.errors import DhgenError, Interrupted, OutputError, RunLocked, UsageE
 from dhgen.manifest import Job, read_manifest, single_job
 from dhgen.options import AvatarOptions, EncodeOptions, FaceOptions, ModelOptions, RenderOptions, RunOptions
 from dhgen.shards import Shard, resolve_shard, shard_path
+
+if TYPE_CHECKING:
+    from dhgen.report import FailedManifest
 
 try:  # typer >= 0.17 carries its own copy of click
     from typer._click.exceptions import ClickException
@@ -452,7 +455,11 @@ def report(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as one JSON object")] = False,
     failed_manifest: Annotated[
-        Path | None, typer.Option(help="write the failed and missing jobs here, as a manifest to render again")
+        Path | None,
+        typer.Option(
+            help="write the failed and missing jobs here, as a manifest to render again (when there are none, "
+            "an earlier file there is removed)"
+        ),
     ] = None,
     verify: Annotated[
         Path | None,
@@ -477,26 +484,35 @@ def report(
         again = write_failed_manifest(batch, failed_manifest) if failed_manifest else None
     except UsageError as exc:
         _fail(exc, EXIT_USAGE)
+    except OutputError as exc:
+        _fail(exc, EXIT_FAILED)
     except OSError as exc:
         _fail(
             OutputError(f"cannot write the failed manifest: {exc.strerror or exc}", path=failed_manifest), EXIT_FAILED
         )
     console = Console()
     if as_json:
-        typer.echo(json.dumps({**batch.to_dict(), "failed_manifest": _written(failed_manifest, again)}, indent=2))
+        typer.echo(json.dumps({**batch.to_dict(), "failed_manifest": _written(again)}, indent=2))
     elif console.is_terminal:
         for renderable in report_renderables(batch):
             console.print(renderable)
     else:
         typer.echo("\n".join(report_lines(batch)))
     if again is not None and not as_json:
-        where = f"{again} job(s) to render again written to {failed_manifest}" if again else "nothing to render again"
-        typer.echo(f"{where}; render it with --out {out_dir}" if again else where, err=True)
+        typer.echo(_again_line(again, out_dir), err=True)
     raise typer.Exit(batch.exit_code)
 
 
-def _written(path: Path | None, count: int | None) -> dict | None:
-    return None if path is None else {"path": str(path), "jobs": count, "written": bool(count)}
+def _again_line(again: FailedManifest, out_dir: Path) -> str:
+    if again.jobs:
+        return f"{again.jobs} job(s) to render again written to {again.path}; render it with --out {out_dir}"
+    return "nothing to render again" + (f"; removed the earlier {again.path}" if again.removed else "")
+
+
+def _written(again: FailedManifest | None) -> dict | None:
+    if again is None:
+        return None
+    return {"path": str(again.path), "jobs": again.jobs, "written": bool(again.jobs), "removed": again.removed}
 
 
 def _jobs(manifest, audio, avatar, output, out) -> tuple[list[Job], Path, bool]:

@@ -3,9 +3,13 @@
     results.jsonl, results.shard-K-of-N.jsonl ──► last record of each job ──► BatchReport ──► JSON / plain / Rich
     manifest (optional) ──► the jobs there should be: a job without a record is missing
 
+A shard's log says the shard ran, even when empty (a shard with no jobs): the report lists each shard with the
+jobs its log holds.
+
 `build_report` does the reading (logs, manifest); everything after it is pure. `verify_against` (`--verify
 OTHER`) compares each done job's `frames_digest` with another batch's (last night's folder, the same batch
-rendered by another executor or build: `dhgen.verify`). `jobs_to_render_again` feeds `--failed-manifest`.
+rendered by another executor or build: `dhgen.verify`). `jobs_to_render_again` feeds `--failed-manifest`, which
+exists only while there is work to redo (`write_failed_manifest` removes an earlier one when nothing is left).
 """
 
 from __future__ import annotations
@@ -19,11 +23,11 @@ from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from dhgen.errors import UsageError
+from dhgen.errors import OutputError, UsageError
 from dhgen.manifest import SETTING_KEYS, Job, read_manifest, write_manifest
 from dhgen.options import JobSettings
 from dhgen.progress import STATUS_STYLE, format_duration
-from dhgen.results import last_records_of, result_logs
+from dhgen.results import last_records, last_records_of, latest, result_logs
 from dhgen.shards import shard_in_name, shard_of
 from dhgen.verify import Verification, compare_records
 
@@ -42,6 +46,7 @@ class BatchReport:
     ignored: int = 0  # jobs that have records but are not in the manifest
     order: list[str] = field(default_factory=list)  # job ids in the order they are listed
     verification: Verification | None = None  # --verify OTHER: frames digests against another batch's
+    shard_jobs: dict[str, int] = field(default_factory=dict)  # "1/4" -> jobs in that shard's log (0: ran, no jobs)
 
     def __post_init__(self) -> None:
         self.order = [job.id for job in self.jobs] if self.jobs is not None else sorted(self.records)
@@ -107,6 +112,7 @@ class BatchReport:
             "failed": [_failure(r) for r in self.failed],
             "missing": self.missing,
             "missing_shards": self.missing_shards,
+            "shards": self.shard_jobs,
             "slowest": [_timing(r) for r in self.slowest()],
             "frames": self.frames,
             "render_seconds": self.render_seconds,
@@ -128,13 +134,21 @@ def build_report(out_dir: str | Path, manifest: str | Path | None = None) -> Bat
             f"no result log (results.jsonl, results.shard-K-of-N.jsonl) in {out_dir}",
             hint="give the --out folder of a render, or --manifest to list its jobs as missing",
         )
-    records = last_records_of(logs)
+    per_log = {path: last_records(path) for path in logs}
+    records, shards = latest(per_log.values()), _shard_jobs(per_log)
     if manifest is None:
-        return BatchReport(out_dir, logs, records)
+        return BatchReport(out_dir, logs, records, shard_jobs=shards)
     jobs = read_manifest(manifest, out_dir)
     wanted = {job.id for job in jobs}
     kept = {job_id: r for job_id, r in records.items() if job_id in wanted}
-    return BatchReport(out_dir, logs, kept, jobs, Path(manifest), ignored=len(records) - len(kept))
+    ignored = len(records) - len(kept)
+    return BatchReport(out_dir, logs, kept, jobs, Path(manifest), ignored=ignored, shard_jobs=shards)
+
+
+def _shard_jobs(per_log: dict[Path, dict]) -> dict[str, int]:
+    """The jobs recorded in each shard's log, by shard (`1/4`), in shard order."""
+    by_shard = {shard: len(records) for path, records in per_log.items() if (shard := shard_in_name(path))}
+    return {str(shard): n for shard, n in sorted(by_shard.items(), key=lambda item: (item[0].count, item[0].index))}
 
 
 def verify_against(report: BatchReport, other: str | Path) -> BatchReport:
@@ -172,13 +186,33 @@ def job_from_record(record: dict) -> Job:
     return Job(record["job_id"], *paths, settings=JobSettings(**settings), meta=meta)
 
 
-def write_failed_manifest(report: BatchReport, path: str | Path) -> int:
-    """Write the failed and missing jobs as a manifest at `path`, ready for `dhgen render PATH --out OUT_DIR`;
-    the number of jobs in it (0: nothing to render again, nothing written)."""
-    jobs = jobs_to_render_again(report)
+@dataclass(frozen=True)
+class FailedManifest:
+    path: Path
+    jobs: int  # jobs written to it (0: nothing to render again, nothing written)
+    removed: bool = False  # nothing to render again, and an earlier file at `path` was removed
+
+
+def write_failed_manifest(report: BatchReport, path: str | Path) -> FailedManifest:
+    """Write the failed and missing jobs as a manifest at `path`, ready for `dhgen render PATH --out OUT_DIR`.
+    With nothing to render again, a file already at `path` (an earlier batch's) is removed, so that the file
+    exists only while there is work to redo. OSError when it cannot be written; OutputError when it cannot be
+    removed."""
+    path, jobs = Path(path), jobs_to_render_again(report)
     if jobs:
         write_manifest(path, jobs, report.out_dir)
-    return len(jobs)
+        return FailedManifest(path, len(jobs))
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return FailedManifest(path, 0)
+    except OSError as exc:
+        raise OutputError(
+            f"nothing to render again, but the earlier failed manifest cannot be removed: {exc.strerror or exc}",
+            path=path,
+            hint="remove it by hand, or give --failed-manifest a path of a file",
+        ) from exc
+    return FailedManifest(path, 0, removed=True)
 
 
 # --- showing it --------------------------------------------------------------------------------------------------
@@ -186,7 +220,7 @@ def write_failed_manifest(report: BatchReport, path: str | Path) -> int:
 
 def report_lines(report: BatchReport) -> list[str]:
     """The report as plain text lines (logs, cron mail, a pipe)."""
-    lines = [_heading(report), *(f"  {status:<10} {n:>6}" for status, n in report.counts.items())]
+    lines = [_heading(report), *_shards_ran(report), *(f"  {status:<10} {n:>6}" for status, n in report.counts.items())]
     if report.failed:
         lines.append("failed jobs:")
         for record in report.failed[:SHOWN]:
@@ -208,7 +242,7 @@ def report_lines(report: BatchReport) -> list[str]:
 
 def report_renderables(report: BatchReport) -> list[RenderableType]:
     """The report as Rich tables, for a terminal."""
-    out: list[RenderableType] = [Text(_heading(report), style="bold")]
+    out: list[RenderableType] = [Text(_heading(report), style="bold"), *map(Text, _shards_ran(report))]
     counts = Table(show_header=True, header_style="bold", box=None, padding=(0, 2))
     counts.add_column("status")
     counts.add_column("jobs", justify="right")
@@ -241,8 +275,7 @@ def report_renderables(report: BatchReport) -> list[RenderableType]:
 
 
 def _heading(report: BatchReport) -> str:
-    shards = sorted({str(s) for s in map(shard_in_name, report.logs) if s is not None}, key=_shard_key)
-    logs = f"{len(report.logs)} result log(s)" + (f" (shards {', '.join(shards)})" if shards else "")
+    logs = f"{len(report.logs)} result log(s)"
     against = f", checked against {report.manifest} ({len(report.jobs or [])} jobs)" if report.manifest else ""
     ignored = f"; {report.ignored} recorded job(s) not in the manifest left out" if report.ignored else ""
     return f"batch in {report.out_dir}: {logs}{against}{ignored}"
@@ -251,6 +284,12 @@ def _heading(report: BatchReport) -> str:
 def _shard_key(shard: str) -> tuple[int, int]:
     index, count = shard.split("/")
     return int(count), int(index)
+
+
+def _shards_ran(report: BatchReport) -> list[str]:
+    """`shards ran: 0/4 (0 jobs), 1/4 (2 jobs), ...`: a shard with no jobs ran too (it left its log)."""
+    shards = [f"{shard} ({n} job{'' if n == 1 else 's'})" for shard, n in report.shard_jobs.items()]
+    return [f"shards ran: {_ids(shards)}"] if shards else []
 
 
 def _in_shards(report: BatchReport) -> str:

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -120,6 +121,12 @@ class ResultLog:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
 
+    def create(self) -> None:
+        """Make sure the log exists, empty when nothing was recorded: a run that finished with nothing to do (a
+        shard without jobs) leaves a log that says it ran."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        open(self.path, "ab").close()
+
     def append(self, record: JobRecord) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a+b") as f:
@@ -155,9 +162,14 @@ def result_logs(out_dir: Path) -> list[Path]:
 def last_records_of(paths: list[Path]) -> dict[str, dict]:
     """The last record of each job id over several result logs: within a log the last line, across logs the
     one that finished last (records carry UTC ISO times, which sort as strings)."""
+    return latest(last_records(path) for path in dict.fromkeys(Path(p).absolute() for p in paths))  # each log once
+
+
+def latest(logs: Iterable[dict[str, dict]]) -> dict[str, dict]:
+    """The record of each job id that finished last, over the `last_records` of several logs."""
     records: dict[str, dict] = {}
-    for path in dict.fromkeys(Path(p).absolute() for p in paths):  # each log once
-        for job_id, record in last_records(path).items():
+    for log_records in logs:
+        for job_id, record in log_records.items():
             if job_id not in records or _finished(record) >= _finished(records[job_id]):
                 records[job_id] = record
     return records

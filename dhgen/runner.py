@@ -200,6 +200,7 @@ def _render_locked(jobs, options, run, emit, executor) -> RunSummary:
         not_started = [j.id for j in to_run if j.id not in started]
         emit(events.run_stopped(exc.signum, _counts(summary), interrupted, not_started))
         raise
+    _create(result_log)
     emit(events.run_finished(_counts(summary)))
     return summary
 
@@ -238,6 +239,14 @@ def _previous_records(run: RunOptions) -> dict[str, dict]:
     """`--resume` reads this run's own log and every other result log in the output folder (other shards, an
     earlier unsharded run or another shard count), so a job done under any of them is not rendered again."""
     return last_records_of([run.results_path, *result_logs(run.out_dir)])
+
+
+def _create(result_log: ResultLog) -> None:
+    """A run that finished leaves its log, even when empty (a shard without jobs): `dhgen report` sees it ran."""
+    try:
+        result_log.create()
+    except OSError as exc:
+        log.error("cannot create the result log %s: %s", result_log.path, exc)
 
 
 def _finish(summary: RunSummary, result_log: ResultLog, emit: EventFn, record: JobRecord) -> None:

@@ -1,6 +1,6 @@
-"""The scheduler examples: the Slurm array (run here with a stand-in `sbatch` that starts the array's tasks as
-Slurm would, with Slurm's variables) renders a batch in 4 shards and reports on it; the Kubernetes Indexed Job
-gives dhgen the same shard count it asks Kubernetes for."""
+"""The scheduler examples, where no real scheduler can check them: what the Slurm recipe asks a GPU cluster for
+(recorded by a stand-in `sbatch`; tests/test_slurm.py runs the recipe on a real Slurm), and that the Kubernetes
+Indexed Job gives dhgen the same shard count it asks Kubernetes for."""
 
 from __future__ import annotations
 
@@ -9,79 +9,81 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
-
-from conftest import FIXTURES, write_clip
-
-from dhgen.shards import shard_of
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 DHGEN = Path(sys.executable).with_name("dhgen")
 
-FAKE_SBATCH = """\
+RECORDING_SBATCH = """\
 #!{python}
-# Stands in for Slurm's sbatch on a machine without Slurm: an --array script's tasks run at once, here, with
-# the variables Slurm gives them; a --wrap job runs after them (as --dependency=afterany would have it).
-import os, re, subprocess, sys
+# Records how submit.sh calls sbatch (arguments and the variables the jobs get) and starts nothing: the requests a
+# GPU cluster gets (GPUs, a partition, the default 16 CPUs and 64G) cannot be submitted to the test suite's Slurm.
+import json, os, sys
 
-args = sys.argv[1:]
-with open(os.environ["FAKE_SBATCH_LOG"], "a") as log:
-    if "--wrap" in args:
-        code = subprocess.run(["sh", "-c", args[args.index("--wrap") + 1]]).returncode
-        log.write(f"wrap exit {{code}}\\n")
-        print("Submitted batch job 124")
-        sys.exit(0)
-    script = args[-1]
-    low, high = map(int, re.search(r"^#SBATCH --array=(\\d+)-(\\d+)$", open(script).read(), re.M).groups())
-    tasks = [
-        subprocess.Popen(
-            ["bash", script],
-            env={{**os.environ, "SLURM_ARRAY_JOB_ID": "123", "SLURM_ARRAY_TASK_ID": str(k),
-                  "SLURM_ARRAY_TASK_COUNT": str(high - low + 1), "SLURM_ARRAY_TASK_MIN": str(low),
-                  "SLURM_ARRAY_TASK_MAX": str(high), "SLURM_ARRAY_TASK_STEP": "1"}},
-        )
-        for k in range(low, high + 1)
-    ]
-    log.write(f"array exits {{[t.wait() for t in tasks]}}\\n")
-print("123" if "--parsable" in args else "Submitted batch job 123")
+with open(os.environ["SBATCH_CALLS"], "a") as calls:
+    env = {{k: os.environ.get(k) for k in ("DHGEN", "MANIFEST", "OUT", "DEVICE", "JOBS")}}
+    calls.write(json.dumps({{"args": sys.argv[1:], "env": env}}) + "\\n")
+print("123;cluster" if "--wrap" not in sys.argv else "124")
 """
 
 
-def test_the_slurm_example_renders_a_batch_in_4_shards_and_reports_it(tmp_path):
-    candidates = [f"clip{i}" for i in range(40)]
-    ids = [next(i for i in candidates if shard_of(i, 4) == k) for k in (1, 3)]  # shards 0 and 2 have no job
-    audio = write_clip(tmp_path / "in" / "a.wav", 0.4)
-    manifest = tmp_path / "in" / "nightly.csv"
-    manifest.write_text("id,audio,avatar\n" + "".join(f"{i},{audio},{FIXTURES / 'portrait.png'}\n" for i in ids))
+def submit_recorded(tmp_path: Path, *args: str, **variables: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "sbatch").write_text(FAKE_SBATCH.format(python=sys.executable))
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "sbatch").write_text(RECORDING_SBATCH.format(python=sys.executable))
     (bin_dir / "sbatch").chmod(0o755)
-    out, log = tmp_path / "shared" / "renders", tmp_path / "sbatch.log"
-    env = {
-        **os.environ,
-        "PATH": f"{bin_dir}:{os.environ['PATH']}",
-        "FAKE_SBATCH_LOG": str(log),
-        "DHGEN": str(DHGEN),
-        "MANIFEST": str(manifest),
-        "OUT": str(out),
-        "DEVICE": "cpu",
-        "JOBS": "1",
-    }
-    submitted = subprocess.run(
-        ["bash", EXAMPLES / "slurm" / "submit.sh"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240
+    calls = tmp_path / "calls.jsonl"
+    calls.unlink(missing_ok=True)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SBATCH_CALLS": str(calls), **variables}
+    done = subprocess.run(
+        ["bash", EXAMPLES / "slurm" / "submit.sh", *args],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
-    assert submitted.returncode == 0, submitted.stderr
-    assert log.read_text().splitlines() == ["array exits [0, 0, 0, 0]", "wrap exit 0"]
-    assert sorted(p.name for p in out.glob(".dhgen.shard-*.lock")) == [f".dhgen.shard-{k}-of-4.lock" for k in range(4)]
-    assert sorted(p.name for p in out.glob("results*.jsonl")) == [f"results.shard-{k}-of-4.jsonl" for k in (1, 3)]
-    assert all((out / f"{i}.mp4").is_file() for i in ids)
-    assert not (out / "failed.csv").exists()  # nothing failed, nothing to render again
-    report = subprocess.run(
-        [DHGEN, "report", out, "--manifest", manifest, "--json"], capture_output=True, text=True, timeout=60
+    return done, [json.loads(line) for line in calls.read_text().splitlines()] if calls.exists() else []
+
+
+def test_the_slurm_recipe_asks_a_gpu_cluster_for_what_the_variables_say(tmp_path):
+    out = tmp_path / "renders"
+    required = {"DHGEN": str(DHGEN), "MANIFEST": "jobs.csv", "OUT": str(out)}
+    done, [array, report] = submit_recorded(tmp_path, "--qos=low", **required, GPUS="2", PARTITION="gpu")
+    assert done.returncode == 0, done.stderr
+    assert array["args"] == [
+        "--parsable",
+        "--partition=gpu",
+        "--cpus-per-task=16",  # the documented defaults
+        "--mem=64G",
+        "--time=04:00:00",
+        "--gres=gpu:2",
+        f"--output={out}/slurm/dhgen-%A_%a.out",
+        "--qos=low",  # arguments reach the array's sbatch as they are
+        str(EXAMPLES / "slurm" / "dhgen-array.sbatch"),
+    ]
+    assert array["env"] == {**required, "DEVICE": "cuda", "JOBS": "8"}
+    assert "--partition=gpu" in report["args"] and "--dependency=afterany:123" in report["args"]
+    assert "--cpus-per-task=1" in report["args"] and "--mem=1G" in report["args"]
+    assert not [a for a in report["args"] if a.startswith("--gres") or a == "--qos=low"]
+    assert (out / "slurm").is_dir()  # sbatch would not create it; a task without it fails at once
+
+    done, [array, _] = submit_recorded(tmp_path, **required, GPUS="0")
+    assert not [a for a in array["args"] if a.startswith(("--gres", "--partition"))]
+    assert array["env"]["DEVICE"] == "cpu"
+
+
+def test_the_slurm_recipe_names_a_missing_dhgen_before_submitting(tmp_path):
+    done, calls = submit_recorded(tmp_path, DHGEN=str(tmp_path / "nowhere" / "dhgen"), MANIFEST="m.csv", OUT="out")
+    assert done.returncode == 2 and "DHGEN" in done.stderr and calls == []
+    script = subprocess.run(
+        ["bash", EXAMPLES / "slurm" / "dhgen-array.sbatch"],
+        env={**os.environ, "DHGEN": "no-such-dhgen", "MANIFEST": "m.csv", "OUT": "out"},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
-    assert report.returncode == 0 and json.loads(report.stdout)["counts"]["succeeded"] == 2
+    assert script.returncode == 2 and "DHGEN=no-such-dhgen is not a command" in script.stderr
 
 
 def test_the_kubernetes_example_asks_for_as_many_pods_as_it_tells_dhgen():
@@ -101,9 +103,3 @@ def test_the_kubernetes_example_asks_for_as_many_pods_as_it_tells_dhgen():
     help_text = subprocess.run([DHGEN, "render", "--help"], capture_output=True, text=True, timeout=60).stdout
     for option in (arg for arg in command if arg.startswith("--")):
         assert option in help_text, option
-
-
-def test_the_slurm_array_size_and_the_example_agree():
-    script = (EXAMPLES / "slurm" / "dhgen-array.sbatch").read_text()
-    assert "#SBATCH --array=0-3" in script and "--shard auto" in script
-    assert textwrap.dedent(script).startswith("#!/bin/bash")

@@ -143,6 +143,20 @@ def render_shard(manifest: Path, out: Path, options: RenderOptions, shard: Shard
     return render(read_manifest(manifest, out), options, run, executor=InProcessExecutor(options))
 
 
+def test_a_shard_without_jobs_leaves_its_log_and_the_report_says_it_ran(tmp_path, options):
+    audio = write_clip(tmp_path / "in" / "a.wav", 0.4)
+    ids = [next(i for i in (f"clip{n}" for n in range(40)) if shard_of(i, 4) == 1)]  # shards 0, 2, 3: no job
+    manifest = tmp_path / "in" / "jobs.csv"
+    manifest.write_text("id,audio,avatar\n" + "".join(f"{i},{audio},{FIXTURES / 'portrait.png'}\n" for i in ids))
+    out = tmp_path / "out"
+    for k in (0, 1, 2):  # shard 3/4 never runs
+        assert render_shard(manifest, out, options, Shard(k, 4)).exit_code == 0
+    assert (out / "results.shard-0-of-4.jsonl").read_text() == ""  # it ran, with nothing to do
+    code, text, _ = report_cli(out, "--manifest", manifest)
+    assert code == 0 and "shards ran: 0/4 (0 jobs), 1/4 (1 job), 2/4 (0 jobs)" in text, text
+    assert json.loads(report_cli(out, "--json")[1])["shards"] == {"0/4": 0, "1/4": 1, "2/4": 0}
+
+
 def test_the_failed_manifest_renders_again_and_completes_the_batch(tmp_path, options):
     batch = tmp_path / "batch"
     write_clip(batch / "audio" / "ok.wav", 0.4)
@@ -180,6 +194,28 @@ def test_the_failed_manifest_renders_again_and_completes_the_batch(tmp_path, opt
     assert "all 4 job(s) done" in text
     assert report_cli(out, "--manifest", manifest, "--failed-manifest", tmp_path / "none.csv")[0] == 0
     assert not (tmp_path / "none.csv").exists()  # nothing to render again: nothing written
+    code, _, err = report_cli(out, "--manifest", manifest, "--failed-manifest", failed_manifest)
+    assert code == 0 and not failed_manifest.exists()  # the earlier night's list is gone: nothing left to redo
+    assert f"nothing to render again; removed the earlier {failed_manifest}" in err
+
+
+def test_a_stale_failed_manifest_is_removed_and_json_says_so(tmp_path):
+    write_log(tmp_path / "results.jsonl", record("a"))
+    stale = tmp_path / "failed.csv"
+    stale.write_text("id,audio,avatar\nold,/in/old.wav,/in/v.mp4\n")
+    code, out, _ = report_cli(tmp_path, "--failed-manifest", stale, "--json")
+    assert code == 0 and not stale.exists()
+    assert json.loads(out)["failed_manifest"] == {"path": str(stale), "jobs": 0, "written": False, "removed": True}
+    code, out, _ = report_cli(tmp_path, "--failed-manifest", stale, "--json")
+    assert json.loads(out)["failed_manifest"]["removed"] is False  # nothing was there to remove
+
+
+def test_a_stale_failed_manifest_that_cannot_be_removed_is_an_output_error(tmp_path):
+    write_log(tmp_path / "results.jsonl", record("a"))
+    (tmp_path / "failed.csv").mkdir()  # a folder where the file should be
+    code, _, err = report_cli(tmp_path, "--failed-manifest", tmp_path / "failed.csv")
+    assert code == 1 and "cannot be removed" in err and str(tmp_path / "failed.csv") in err and "hint:" in err
+    assert (tmp_path / "failed.csv").is_dir()
 
 
 def test_without_a_manifest_the_failed_jobs_come_from_their_records(tmp_path):
