@@ -28,6 +28,7 @@ from dhgen.service.engine import Engine, field_error, job_of
 from dhgen.service.errors import Invalid, ServiceError
 from dhgen.service.inputs import UPLOAD_FIELDS, input_path
 from dhgen.service.options import ServiceOptions, is_loopback
+from dhgen.service.schemas import JobRequest
 from dhgen.service.store import JobRow, Store
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,20 @@ def create_app(service: Service) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
+    app.openapi = _with_job_request(app.openapi)
     return app
+
+
+def _with_job_request(openapi):
+    """POST /v1/jobs reads its body itself (JSON or multipart), so its JSON schema is added to the components."""
+
+    def schema() -> dict:
+        document = openapi()
+        components = document.setdefault("components", {}).setdefault("schemas", {})
+        components.setdefault("JobRequest", JobRequest.model_json_schema(ref_template="#/components/schemas/{model}"))
+        return document
+
+    return schema
 
 
 def error_response(status: int, type_name: str, message: str, hint: str, headers=None) -> JSONResponse:

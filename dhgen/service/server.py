@@ -55,7 +55,6 @@ def _listen(host: str, port: int) -> socket.socket:
             f"cannot listen on {host}:{port}: {exc.strerror or exc}",
             hint="pick a free --port (0: any free one), or stop what listens there",
         ) from None
-    sock.set_inheritable(True)
     return sock
 
 
