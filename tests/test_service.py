@@ -492,3 +492,57 @@ def test_sigterm_drains_the_running_job_refuses_new_ones_and_exits_0(tmp_path, m
     with sqlite3.connect(state / "jobs.sqlite3") as db:
         rows = dict(db.execute("SELECT id, status FROM jobs"))
     assert rows == {"drained": "succeeded", "waits": "queued"}  # the waiting job runs at the next start
+
+
+# --- the engine without HTTP -------------------------------------------------------------------------------------
+
+
+class LosesItsCluster:
+    """An executor whose cluster is gone: it gives every job it is handed back with ClusterLost (retried in a later
+    run, `dhgen.retry`), then ends, as the Ray driver does when its head stops answering."""
+
+    def serve(self, feed, emit):
+        from dhgen.results import utc_now
+
+        while not feed.stopped:
+            submissions, _ = feed.take()
+            for submission in submissions:
+                record = submission.record
+                record.attempts += 1
+                emit({"event": "job_started", "job_id": record.job_id, "attempt": record.attempts, "time": utc_now()})
+                error = {"type": "ClusterLost", "message": "the Ray head stopped answering", "retryable": True}
+                record.errors.append({**error, "hint": "it runs again"})
+                record.error = record.errors[-1]
+                yield record
+            if submissions:
+                return
+            feed.wait(0.1)
+
+
+def test_a_job_given_back_for_a_later_run_is_queued_again_and_runs_on_the_next_executor(tmp_path):
+    from dhgen.executors.inprocess import InProcessExecutor
+    from dhgen.options import RenderOptions, RunOptions
+    from dhgen.service.engine import Engine
+    from dhgen.service.store import Store
+
+    options, made = RenderOptions(), []
+
+    def executor():
+        made.append(LosesItsCluster() if not made else InProcessExecutor(options))
+        return made[-1]
+
+    store = Store(tmp_path / "jobs.sqlite3")
+    engine = Engine(store, options, RunOptions(out_dir=tmp_path / "out"), 10, executor)
+    engine.start()
+    try:
+        fields = {"id": "a", "audio": str(FIXTURES / "speech.m4a"), "avatar": str(FIXTURES / "avatar.mp4")}
+        engine.submit(fields)
+        deadline = time.monotonic() + JOB_S
+        while (row := store.get("a")).status != "succeeded" and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        engine.stop()
+        store.close()
+    assert row.status == "succeeded" and len(made) == 2
+    assert [e["type"] for e in row.record["errors"]] == ["ClusterLost"] and row.record["attempts"] == 2
+    assert Path(row.record["output"]).is_file()

@@ -110,7 +110,7 @@ def output(request: Request, job_id: str) -> FileResponse:
 def view(service, row: JobRow) -> Job:
     """The API's job: the stored row, with its live counters while it runs."""
     fields, record = row.fields, row.record or {}
-    live = (service.engine.live(row.id) or {}) if row.status == "running" else {}
+    live = (service.engine.live(row.id) or {}) if row.status == "running" else _counters(record)
     settings = {k: v for k, v in fields.items() if k not in SETTING_NAMES and not k.lower().startswith("x_")}
     return Job(
         id=row.id,
@@ -132,6 +132,12 @@ def view(service, row: JobRow) -> Job:
         error=record.get("error"),
         record=row.record,
     )
+
+
+def _counters(record: dict) -> dict:
+    """A finished job's frames, as the counters of a job that rendered them all."""
+    frames = record.get("frames")
+    return dict.fromkeys(("total", "decoded", "inferred", "encoded"), frames) if frames is not None else {}
 
 
 def percent(status: str, live: dict) -> int:
