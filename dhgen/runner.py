@@ -114,7 +114,7 @@ def _render_locked(jobs, options, run, emit, executor) -> RunSummary:
     by_id = {job.id: job for job in jobs}
 
     def finish(record: JobRecord) -> None:
-        fill_job_settings(record, by_id[record.job_id], job_options(options, by_id[record.job_id]))
+        fill_record(record, by_id[record.job_id], options)
         _finish(summary, result_log, emit, record)
 
     emit(events.run_started(len(jobs), **({"shard": str(run.shard)} if run.shard else {})))
@@ -147,6 +147,11 @@ def _render_locked(jobs, options, run, emit, executor) -> RunSummary:
         raise
     emit(events.run_finished(_counts(summary)))
     return summary
+
+
+def fill_record(record: JobRecord, job: Job, options: RenderOptions) -> None:
+    """What the runner adds to an executor's record (the service too): the job's settings."""
+    fill_job_settings(record, job, job_options(options, job))
 
 
 def _verify(summary: RunSummary, record: JobRecord, expected: str | None, emit: EventFn) -> None:

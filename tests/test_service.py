@@ -25,7 +25,7 @@ from pathlib import Path
 
 import av
 import pytest
-from conftest import FIXTURES, EventWatcher, alive
+from conftest import FIXTURES, EventWatcher, alive, children_of
 
 TOKEN = "test-token-0123456789abcdef"
 DHGEN = [sys.executable, "-m", "dhgen.cli", "serve"]
@@ -108,7 +108,7 @@ class Server:
     def descendants(self) -> list[int]:
         found, frontier = [], [self.proc.pid]
         while frontier:
-            kids = _children_of(frontier.pop())
+            kids = children_of(frontier.pop())
             found += kids
             frontier += kids
         return found
@@ -127,19 +127,6 @@ def _parsed(data: bytes, headers):
     if headers.get("content-type", "").startswith("application/json"):
         return json.loads(data)
     return data
-
-
-def _children_of(pid: int) -> list[int]:
-    kids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                kids.append(int(entry))
-    return kids
 
 
 class EventStream:

@@ -8,13 +8,16 @@ its attempts from there.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from dhgen.errors import Cancelled
-from dhgen.executors.feed import Submission
+from dhgen.executors.feed import JobFeed, Submission
 from dhgen.manifest import Job
 from dhgen.results import JobRecord, utc_now
 from dhgen.retry import RetryPolicy
+
+log = logging.getLogger(__name__)
 
 CANCELLED = "cancelled"  # the record status of a job whose final error is Cancelled
 
@@ -65,6 +68,20 @@ class JobSlot:
         self.finished = True
         self.record.finished_at = utc_now()
         self.record.elapsed_s = round(now - self.t0, 3) if self.t0 else 0.0
+
+
+def take_from(feed: JobFeed, slots: dict[str, JobSlot]) -> tuple[list[JobSlot], list[str]]:
+    """What arrived on `feed`: slots for the new jobs (also added to `slots`, the executor's unfinished jobs by id)
+    and the ids to cancel. A job that arrives again while its slot is unfinished is ignored."""
+    submissions, cancels = feed.take()
+    new = []
+    for submission in submissions:
+        if submission.job.id in slots:
+            log.error("job %s arrived again while it is under way; ignored", submission.job.id)
+            continue
+        slots[submission.job.id] = JobSlot.of(submission)
+        new.append(slots[submission.job.id])
+    return new, cancels
 
 
 def retrying(delay: float, attempt: int) -> str:

@@ -21,13 +21,14 @@ from starlette.exceptions import HTTPException
 from dhgen import __version__
 from dhgen.errors import BUG_HINT, DhgenError, ManifestError, UsageError
 from dhgen.executors import make_executor
+from dhgen.hosts import is_loopback_host
 from dhgen.locks import RunLock
 from dhgen.options import RenderOptions, RunOptions
 from dhgen.runner import checked_options
 from dhgen.service.engine import Engine, field_error, job_of
 from dhgen.service.errors import Invalid, ServiceError
 from dhgen.service.inputs import UPLOAD_FIELDS, input_path
-from dhgen.service.options import ServiceOptions, is_loopback
+from dhgen.service.options import ServiceOptions
 from dhgen.service.schemas import JobRequest
 from dhgen.service.store import JobRow, Store
 
@@ -119,7 +120,7 @@ class Service:
 
 def check_service_options(options: ServiceOptions) -> None:
     """UsageError for options a server must not start with."""
-    if not is_loopback(options.host) and not options.token:
+    if not is_loopback_host(options.host) and not options.token:
         raise UsageError(f"--host {options.host} is not a loopback address, and no --token was given", hint=TOKEN_HINT)
     if options.token is not None and not re.fullmatch(r"[\x21-\x7e]{16,}", options.token):
         raise UsageError(

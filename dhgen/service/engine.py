@@ -36,10 +36,11 @@ from dhgen.executors.feed import JobFeed
 from dhgen.executors.slots import CANCELLED
 from dhgen.manifest import Job, jobs_from_dicts
 from dhgen.metrics import MetricsFile
-from dhgen.options import RenderOptions, RunOptions, job_options
-from dhgen.results import JobRecord, fill_job_settings, new_record, utc_now
+from dhgen.options import RenderOptions, RunOptions
+from dhgen.results import JobRecord, new_record, utc_now
 from dhgen.resume import Fingerprints
 from dhgen.retry import retried_in_a_later_run
+from dhgen.runner import fill_record
 from dhgen.service.errors import Conflict, NotFound, QueueFull, Unavailable
 from dhgen.service.hub import Hub
 from dhgen.service.store import ACTIVE, JobRow, Store
@@ -265,7 +266,7 @@ class Engine:
             self._feed.submit(job, dataclasses.replace(record, status="failed", error=None))
 
     def _finished(self, job: Job, record: JobRecord) -> None:
-        fill_job_settings(record, job, job_options(self.options, job))
+        fill_record(record, job, self.options)
         status = record.status if record.status in ("succeeded", CANCELLED) else "failed"
         self.store.finish(job.id, status, dataclasses.asdict(record))
         self._jobs.pop(job.id, None)

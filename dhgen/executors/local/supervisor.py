@@ -60,7 +60,7 @@ from dhgen.executors.local.children import (
 from dhgen.executors.local.jobproc import job_main
 from dhgen.executors.local.workerproc import worker_main
 from dhgen.executors.shares import job_threads, worker_threads
-from dhgen.executors.slots import JobSlot, retrying
+from dhgen.executors.slots import JobSlot, retrying, take_from
 from dhgen.executors.stopping import StopSignals
 from dhgen.liveness import PROGRESS_EVERY_S, AttemptProgress, Limits
 from dhgen.manifest import Job
@@ -198,12 +198,7 @@ class Supervisor:
         return [p.sentinel for p in self._children()]
 
     def _take_feed(self) -> None:
-        submissions, cancels = self._feed.take()
-        for submission in submissions:
-            if submission.job.id in self._slots:
-                log.error("job %s arrived again while it is under way; ignored", submission.job.id)
-                continue
-            self._slots[submission.job.id] = JobSlot.of(submission)
+        _, cancels = take_from(self._feed, self._slots)
         for job_id in cancels:
             self._cancel(job_id)
 

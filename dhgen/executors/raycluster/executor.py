@@ -31,7 +31,7 @@ from dhgen.executors.raycluster.cluster import Connection
 from dhgen.executors.raycluster.failures import job_failure, node_lost
 from dhgen.executors.raycluster.jobtask import TaskSpec, remove_work_folder, run_job
 from dhgen.executors.raycluster.pool import Actor, Node, Pool
-from dhgen.executors.slots import JobSlot, retrying
+from dhgen.executors.slots import JobSlot, retrying, take_from
 from dhgen.executors.stopping import StopSignals
 from dhgen.liveness import AttemptProgress, Limits
 from dhgen.manifest import Job
@@ -124,14 +124,10 @@ class RayExecutor:
                 yield self._done.popleft()
 
     def _take_feed(self) -> None:
-        submissions, cancels = self._feed.take()
-        for submission in submissions:
-            if submission.job.id in self._slots:
-                log.error("job %s arrived again while it is under way; ignored", submission.job.id)
-                continue
-            self._slots[submission.job.id] = JobSlot.of(submission)
+        new, cancels = take_from(self._feed, self._slots)
+        for slot in new:
             if self._inputs is not None:
-                self._inputs.add(submission.job)
+                self._inputs.add(slot.job)
         for job_id in cancels:
             slot = self._slots.get(job_id)
             if slot is None:
