@@ -194,7 +194,8 @@ def media(tmp_path_factory) -> Path:
     for name in ("avatar.mp4", "garbage.wav", "speech.wav"):
         shutil.copy(FIXTURES / name, root / name)
     clip(root, "one.wav", 1.0)
-    clip(root, "long.wav", 30.0)
+    clip(root, "long.wav", 30.0)  # cancelled early
+    clip(root, "mid.wav", 12.0)
     (root / "in").mkdir()
     clip(root / "in", "two.wav", 2.0)
     outside = tmp_path_factory.mktemp("outside")
@@ -271,7 +272,7 @@ def test_cancel_stops_the_running_job_and_delete_removes_a_finished_one(server, 
 
 def test_a_killed_inference_worker_costs_the_job_nothing(server, media):
     worker = server.wait_ready()["workers"][0]["pid"]
-    server.submit(id="worker-dies", audio="long.wav", avatar="avatar.mp4")
+    server.submit(id="worker-dies", audio="mid.wav", avatar="avatar.mp4")
     server.wait_for("worker-dies", lambda j: (j.get("inferred") or 0) > 0)
     os.kill(worker, signal.SIGSTOP)  # the job's next batches wait at the worker ...
     time.sleep(0.5)
@@ -465,7 +466,7 @@ def test_a_killed_server_loses_nothing_and_leaves_nothing_behind(tmp_path, media
 def test_sigterm_drains_the_running_job_refuses_new_ones_and_exits_0(tmp_path, media):
     state = tmp_path / "state"
     server = Server(state, media, "--jobs", "1", "--drain-timeout", "60", token=None)
-    server.submit(id="drained", audio="long.wav", avatar="avatar.mp4")
+    server.submit(id="drained", audio="mid.wav", avatar="avatar.mp4")
     server.submit(id="waits", audio="one.wav", avatar="avatar.mp4")
     server.wait_for("drained", lambda j: (j.get("encoded") or 0) > 0)
     server.proc.send_signal(signal.SIGTERM)

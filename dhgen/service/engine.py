@@ -230,6 +230,8 @@ class Engine:
             return self._feed
 
     def _hand(self, job: Job, record: JobRecord) -> None:
+        if self._feed is None:
+            return  # between two executors: the next one takes it from the store
         self._jobs[job.id] = job
         self._feed.submit(job, record)
 
