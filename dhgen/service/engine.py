@@ -308,10 +308,12 @@ class Engine:
             live.update(counters, last_progress_at=event["time"])
 
     def _on_incident(self, event: dict) -> None:
-        ids = [event["job_id"]] if "job_id" in event else event.get("job_ids")
-        if ids is None:
-            self.fatal = event["error"]  # the model as a whole: no more inference
-            return
+        if event.get("action") == events.NO_MORE_INFERENCE:  # a worker (Ray: an actor) given up, or the model
+            if "worker" in event:
+                self._workers.pop(event["worker"], None)
+            else:
+                self.fatal = event["error"]  # the model cannot run at all: /readyz says so
+        ids = [event["job_id"]] if "job_id" in event else event.get("job_ids") or []
         details = {k: v for k, v in event.items() if k not in ("event", "job_id", "job_ids", "error")}
         for job_id in ids:
             self.store.add_incident(job_id, {**event["error"], **details})

@@ -530,7 +530,7 @@ class Supervisor:
     def _model_failed(self, record: dict) -> None:
         """The model cannot run (bad checkpoint, workers that keep dying): every waiting batch fails with it."""
         self._fatal = record
-        self._emit(events.incident(record, action="no more inference"))
+        self._emit(events.incident(record, action=events.NO_MORE_INFERENCE))
         pending = list(self._queue) + [
             i for w in self._workers.values() for items in w.in_flight.values() for i in items
         ]
