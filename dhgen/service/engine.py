@@ -124,6 +124,11 @@ class Engine:
         with self._changed:
             return [{"worker": index, **info} for index, info in sorted(self._workers.items())]
 
+    def metrics_text(self) -> str:
+        """Prometheus text of the metrics counted since the server started."""
+        with self._changed:
+            return self.metrics.text()
+
     def live(self, job_id: str) -> dict | None:
         with self._changed:
             live = self._live.get(job_id)
@@ -284,11 +289,11 @@ class Engine:
 
     def _on_event(self, event: dict) -> None:
         handler = getattr(self, "_on_" + str(event.get("event")), None)
-        if handler is not None:
-            with self._changed:
+        with self._changed:
+            if handler is not None:
                 handler(event)
                 self._changed.notify_all()
-        self.metrics(event)
+            self.metrics(event)
         self.hub.publish(event)
 
     def _on_job_started(self, event: dict) -> None:

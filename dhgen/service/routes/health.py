@@ -43,5 +43,5 @@ def readyz(request: Request):
     summary="Prometheus text exposition",
 )
 def metrics(request: Request) -> PlainTextResponse:
-    text = request.app.state.service.engine.metrics.text()
+    text = request.app.state.service.engine.metrics_text()
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")

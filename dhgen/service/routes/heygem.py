@@ -34,7 +34,8 @@ def reply(code: int, msg: str = "", data: dict | None = None) -> HeyGemReply:
 @router.post("/submit", response_model=HeyGemReply, summary="HeyGem: submit a task (audio_url, video_url, code)")
 async def submit(request: Request, body: HeyGemSubmit) -> HeyGemReply:
     service = request.app.state.service
-    fields = {"id": body.code, "audio": body.audio_url, "avatar": body.video_url}
+    code = str(body.code) if isinstance(body.code, int) and not isinstance(body.code, bool) else body.code
+    fields = {"id": code, "audio": body.audio_url, "avatar": body.video_url}
     try:
         row, _ = await run_in_threadpool(service.submit, fields, {})
     except QueueFull as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse
@@ -45,7 +46,7 @@ async def submit(request: Request, response: Response) -> Job:
         try:
             fields, files = await receive_form(request, folder, service.options.max_upload)
         except BaseException:
-            await run_in_threadpool(_remove, folder)
+            await run_in_threadpool(shutil.rmtree, folder, True)
             raise
         row, created = await run_in_threadpool(service.submit, fields, files, folder)
     else:
@@ -166,9 +167,3 @@ async def _json_fields(request: Request) -> dict:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise Invalid(f"{where}: {first['msg']}" if where else first["msg"]) from None
-
-
-def _remove(folder) -> None:
-    import shutil
-
-    shutil.rmtree(folder, ignore_errors=True)
