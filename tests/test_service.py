@@ -420,17 +420,17 @@ def test_tokens_probes_metrics_and_schema(server, media):
 # --- servers of their own ----------------------------------------------------------------------------------------
 
 
-def test_a_server_off_loopback_without_a_token_refuses_to_start(tmp_path):
+@pytest.mark.parametrize(
+    "args, says",
+    [(["--state", "s", "--host", "0.0.0.0"], "--token"), (["--state", "file"], "is a file, not a folder")],
+    ids=["off-loopback-without-token", "state-is-a-file"],
+)
+def test_a_server_refuses_to_start_with_unusable_options(tmp_path, args, says):
+    (tmp_path / "file").write_text("not a folder")
     env = {k: v for k, v in os.environ.items() if k != "DHGEN_TOKEN"}
-    done = subprocess.run(
-        [*DHGEN, "--state", str(tmp_path / "s"), "--host", "0.0.0.0"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
-    assert done.returncode == 2 and "--token" in done.stderr and "hint:" in done.stderr
-    assert not (tmp_path / "s" / "jobs.sqlite3").exists()
+    done = subprocess.run([*DHGEN, *args], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+    assert done.returncode == 2 and says in done.stderr and "hint:" in done.stderr
+    assert not (tmp_path / "s").exists()  # nothing started, nothing written
 
 
 def test_a_killed_server_loses_nothing_and_leaves_nothing_behind(tmp_path, media):

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from dhgen import __version__
+from dhgen.checks import folder_problem
 from dhgen.errors import BUG_HINT, DhgenError, ManifestError, UsageError
 from dhgen.executors import make_executor
 from dhgen.hosts import is_loopback_host
@@ -126,6 +127,9 @@ def check_service_options(options: ServiceOptions) -> None:
         raise UsageError(
             "--token must be at least 16 printable characters without spaces", hint="e.g. `openssl rand -hex 32`"
         )
+    problem = folder_problem(options.state)
+    if problem:
+        raise UsageError(f"--state {problem}", hint="give a folder this user can write (it is created if missing)")
     root = options.input_root
     if root is not None and not root.is_dir():
         raise UsageError(f"--input-root {root} is not a folder", hint="give the folder that holds the inputs")
