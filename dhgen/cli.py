@@ -454,7 +454,7 @@ def serve(
     max_upload: Annotated[
         str,
         typer.Option(
-            metavar="SIZE", help="bytes one upload may have (K, M, G suffixes); beyond: 413", rich_help_panel=SERVICE
+            metavar="<size>", help="bytes one upload may have (K, M, G suffixes); beyond: 413", rich_help_panel=SERVICE
         ),
     ] = "2G",
     drain_timeout: Annotated[
