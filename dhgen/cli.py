@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import sys
 from enum import Enum
@@ -174,6 +175,96 @@ RENDER_EPILOG = """\
   130/143  stopped by SIGINT/SIGTERM (finished jobs are recorded)"""
 
 
+# Options `render` and `serve` share (the same meaning, the same help).
+ModelArg = Annotated[
+    str,
+    typer.Option(
+        help="model family: mouthwarp (built in, no weights), wav2lip, or a plugin's (`dhgen models` lists them)",
+        rich_help_panel=MODEL,
+    ),
+]
+CheckpointArg = Annotated[
+    Path | None,
+    typer.Option(help="the model's weights: a file or a folder, as its family takes", rich_help_panel=MODEL),
+]
+PrecisionArg = Annotated[Precision, typer.Option(help="auto: fp16 on a GPU, fp32 on the CPU", rich_help_panel=MODEL)]
+DeviceArg = Annotated[
+    str,
+    typer.Option(metavar="<auto|cpu|cuda|cuda:N>", help="where the model runs", rich_help_panel=MODEL),
+]
+BatchSizeArg = Annotated[
+    int | None,
+    typer.Option(min=1, help="face crops per model call (default 128 on CUDA, 16 on CPU)", rich_help_panel=MODEL),
+]
+EncoderArg = Annotated[
+    str,
+    typer.Option(
+        help="auto (NVENC if it opens here, else libx264/libx265), or an H.264/HEVC encoder `dhgen doctor` lists",
+        rich_help_panel=ENCODING,
+    ),
+]
+CodecArg = Annotated[
+    Codec | None,
+    typer.Option(help="h264 (default) or hevc; a named --encoder implies its own", rich_help_panel=ENCODING),
+]
+PresetArg = Annotated[
+    str,
+    typer.Option(
+        metavar="<preset>",
+        help=f"x264 preset, fastest to smallest: {', '.join(X264_PRESETS)}; mapped per encoder (NVENC: p1..p7)",
+        rich_help_panel=ENCODING,
+    ),
+]
+CrfArg = Annotated[
+    int,
+    typer.Option(min=0, max=51, help="quality on x264's CRF scale, mapped per encoder", rich_help_panel=ENCODING),
+]
+JobsArg = Annotated[
+    int, typer.Option(min=1, help="jobs rendered at once (--executor ray: per node)", rich_help_panel=EXECUTION)
+]
+WorkersArg = Annotated[
+    int | None, typer.Option(min=1, help="inference workers (default: one per GPU)", rich_help_panel=EXECUTION)
+]
+RetriesArg = Annotated[
+    int, typer.Option(min=0, help="extra attempts for retryable failures", rich_help_panel=EXECUTION)
+]
+StallTimeoutArg = Annotated[
+    float, typer.Option(min=1, help="seconds without progress before Stalled", rich_help_panel=EXECUTION)
+]
+JobTimeoutArg = Annotated[
+    float | None, typer.Option(min=1, help="seconds one job attempt may take", rich_help_panel=EXECUTION)
+]
+ExecutorArg = Annotated[
+    ExecutorName,
+    typer.Option(help="local: this machine's processes; ray: a Ray cluster", rich_help_panel=EXECUTION),
+]
+RayAddressArg = Annotated[
+    str | None,
+    typer.Option(
+        help="Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: RAY_ADDRESS, else a private local Ray)",
+        rich_help_panel=EXECUTION,
+    ),
+]
+RaySharedFsArg = Annotated[
+    bool,
+    typer.Option(
+        "--ray-shared-fs",
+        help="every Ray node sees the input and output paths (no copies through the object store)",
+        rich_help_panel=EXECUTION,
+    ),
+]
+LogLevelArg = Annotated[
+    LogLevel,
+    typer.Option(
+        metavar="<level>", case_sensitive=False, help="DEBUG, INFO, WARNING or ERROR", rich_help_panel=REPORTING
+    ),
+]
+LogFileArg = Annotated[
+    Path | None,
+    typer.Option(help="also append the log to this file (its folder is created)", rich_help_panel=REPORTING),
+]
+
+
 @app.command(cls=DhgenCommand, epilog=RENDER_EPILOG)
 def render(
     manifest: Annotated[Path | None, typer.Argument(help="CSV or JSONL manifest of jobs")] = None,
@@ -217,28 +308,11 @@ def render(
         int | None,
         typer.Option(min=1, help="--shard auto under Kubernetes: N (else DHGEN_SHARD_COUNT)", rich_help_panel=MANIFEST),
     ] = None,
-    model: Annotated[
-        str,
-        typer.Option(
-            help="model family: mouthwarp (built in, no weights), wav2lip, or a plugin's (`dhgen models` lists them)",
-            rich_help_panel=MODEL,
-        ),
-    ] = "mouthwarp",
-    checkpoint: Annotated[
-        Path | None,
-        typer.Option(help="the model's weights: a file or a folder, as its family takes", rich_help_panel=MODEL),
-    ] = None,
-    device: Annotated[
-        str,
-        typer.Option(metavar="<auto|cpu|cuda|cuda:N>", help="where the model runs", rich_help_panel=MODEL),
-    ] = "auto",
-    batch_size: Annotated[
-        int | None,
-        typer.Option(min=1, help="face crops per model call (default 128 on CUDA, 16 on CPU)", rich_help_panel=MODEL),
-    ] = None,
-    precision: Annotated[
-        Precision, typer.Option(help="auto: fp16 on a GPU, fp32 on the CPU", rich_help_panel=MODEL)
-    ] = Precision.auto,
+    model: ModelArg = "mouthwarp",
+    checkpoint: CheckpointArg = None,
+    device: DeviceArg = "auto",
+    batch_size: BatchSizeArg = None,
+    precision: PrecisionArg = Precision.auto,
     pads: Annotated[
         tuple[int, int, int, int],
         typer.Option(help="wav2lip face padding: top bottom left right", rich_help_panel=MODEL),
@@ -249,63 +323,18 @@ def render(
     loop: Annotated[
         Loop, typer.Option(help="how a short avatar is extended", rich_help_panel=ENCODING)
     ] = Loop.pingpong,
-    encoder: Annotated[
-        str,
-        typer.Option(
-            help="auto (NVENC if it opens here, else libx264/libx265), or an H.264/HEVC encoder `dhgen doctor` lists",
-            rich_help_panel=ENCODING,
-        ),
-    ] = "auto",
-    codec: Annotated[
-        Codec | None,
-        typer.Option(help="h264 (default) or hevc; a named --encoder implies its own", rich_help_panel=ENCODING),
-    ] = None,
-    preset: Annotated[
-        str,
-        typer.Option(
-            metavar="<preset>",
-            help=f"x264 preset, fastest to smallest: {', '.join(X264_PRESETS)}; mapped per encoder (NVENC: p1..p7)",
-            rich_help_panel=ENCODING,
-        ),
-    ] = "veryfast",
-    crf: Annotated[
-        int,
-        typer.Option(min=0, max=51, help="quality on x264's CRF scale, mapped per encoder", rich_help_panel=ENCODING),
-    ] = 20,
-    jobs: Annotated[
-        int, typer.Option(min=1, help="jobs rendered at once (--executor ray: per node)", rich_help_panel=EXECUTION)
-    ] = 2,
-    workers: Annotated[
-        int | None, typer.Option(min=1, help="inference workers (default: one per GPU)", rich_help_panel=EXECUTION)
-    ] = None,
-    retries: Annotated[
-        int, typer.Option(min=0, help="extra attempts for retryable failures", rich_help_panel=EXECUTION)
-    ] = 2,
-    stall_timeout: Annotated[
-        float, typer.Option(min=1, help="seconds without progress before Stalled", rich_help_panel=EXECUTION)
-    ] = 60.0,
-    job_timeout: Annotated[
-        float | None, typer.Option(min=1, help="seconds one job attempt may take", rich_help_panel=EXECUTION)
-    ] = None,
-    executor: Annotated[
-        ExecutorName,
-        typer.Option(help="local: this machine's processes; ray: a Ray cluster", rich_help_panel=EXECUTION),
-    ] = ExecutorName.local,
-    ray_address: Annotated[
-        str | None,
-        typer.Option(
-            help="Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: RAY_ADDRESS, else a private local Ray)",
-            rich_help_panel=EXECUTION,
-        ),
-    ] = None,
-    ray_shared_fs: Annotated[
-        bool,
-        typer.Option(
-            "--ray-shared-fs",
-            help="every Ray node sees the input and output paths (no copies through the object store)",
-            rich_help_panel=EXECUTION,
-        ),
-    ] = False,
+    encoder: EncoderArg = "auto",
+    codec: CodecArg = None,
+    preset: PresetArg = "veryfast",
+    crf: CrfArg = 20,
+    jobs: JobsArg = 2,
+    workers: WorkersArg = None,
+    retries: RetriesArg = 2,
+    stall_timeout: StallTimeoutArg = 60.0,
+    job_timeout: JobTimeoutArg = None,
+    executor: ExecutorArg = ExecutorName.local,
+    ray_address: RayAddressArg = None,
+    ray_shared_fs: RaySharedFsArg = False,
     progress: Annotated[
         Progress,
         typer.Option(
@@ -314,16 +343,8 @@ def render(
             rich_help_panel=REPORTING,
         ),
     ] = Progress.auto,
-    log_level: Annotated[
-        LogLevel,
-        typer.Option(
-            metavar="<level>", case_sensitive=False, help="DEBUG, INFO, WARNING or ERROR", rich_help_panel=REPORTING
-        ),
-    ] = LogLevel.WARNING,
-    log_file: Annotated[
-        Path | None,
-        typer.Option(help="also append the log to this file (its folder is created)", rich_help_panel=REPORTING),
-    ] = None,
+    log_level: LogLevelArg = LogLevel.WARNING,
+    log_file: LogFileArg = None,
     metrics_file: Annotated[
         Path | None, typer.Option(help="Prometheus textfile kept up to date (cron)", rich_help_panel=REPORTING)
     ] = None,
@@ -346,7 +367,7 @@ def render(
         options = RenderOptions(
             avatar=AvatarOptions(still_fps=fps, loop=loop.value),
             face=FaceOptions(),
-            encode=EncodeOptions(encoder=encoder, codec=codec.value if codec else None, preset=preset, crf=crf),
+            encode=_encode_options(encoder, codec, preset, crf),
             model=ModelOptions(
                 name=model,
                 checkpoint=checkpoint,
@@ -373,6 +394,10 @@ def render(
     except UsageError as exc:
         _fail(exc, EXIT_USAGE, refusal)
     raise typer.Exit(_run(job_list, options, run, _event_handlers(display, run, metrics_file, log_file)))
+
+
+def _encode_options(encoder: str, codec: Codec | None, preset: str, crf: int) -> EncodeOptions:
+    return EncodeOptions(encoder=encoder, codec=codec.value if codec else None, preset=preset, crf=crf)
 
 
 def _shard(manifest: Path | None, spec: str | None, count: int | None) -> Shard | None:
@@ -413,6 +438,122 @@ def _run(job_list: list[Job], options: RenderOptions, run: RunOptions, handlers)
     name = signal.Signals(signum).name
     typer.echo(f"stopped by {name}: finished jobs are in the result log; --resume renders the rest", err=True)
     raise typer.Exit(128 + signum)
+
+
+SERVICE = "Service"
+SERVE_EPILOG = """\
+[bold]Examples[/bold]
+  dhgen serve --state /srv/dhgen --input-root /srv/media --jobs 4
+  curl -X POST localhost:8383/v1/jobs -H 'content-type: application/json' \\
+       -d '{"id": "promo-17", "audio": "in/promo.wav", "avatar": "in/presenter.mp4"}'
+  DHGEN_TOKEN=$(cat /etc/dhgen/token) dhgen serve --state /srv/dhgen --host 0.0.0.0
+
+[bold]Exit codes[/bold]
+  0   stopped by SIGTERM or SIGINT (running jobs finished, or queued again for the next start)
+  2   usage error (a bad option, an address in use, a non-loopback --host without a token)
+  75  another server holds the state folder"""
+
+
+@app.command(cls=DhgenCommand, epilog=SERVE_EPILOG)
+def serve(
+    state: Annotated[
+        Path, typer.Option(help="folder of the job store, the outputs and the uploads", rich_help_panel=SERVICE)
+    ],
+    host: Annotated[
+        str, typer.Option(help="address to listen on; not loopback: a token is required", rich_help_panel=SERVICE)
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="port (0: any free one)", rich_help_panel=SERVICE)] = 8383,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="DHGEN_TOKEN", help="Bearer token for every endpoint but /healthz", rich_help_panel=SERVICE
+        ),
+    ] = None,
+    input_root: Annotated[
+        Path | None,
+        typer.Option(help="input paths must lie under it (default: none, uploads only)", rich_help_panel=SERVICE),
+    ] = None,
+    max_queue: Annotated[
+        int, typer.Option(min=1, help="jobs queued or running at once; beyond: 429", rich_help_panel=SERVICE)
+    ] = 1000,
+    max_upload: Annotated[
+        str,
+        typer.Option(
+            metavar="<size>", help="bytes one upload may have (K, M, G suffixes); beyond: 413", rich_help_panel=SERVICE
+        ),
+    ] = "2G",
+    drain_timeout: Annotated[
+        float, typer.Option(min=0, help="after SIGTERM: seconds running jobs get to finish", rich_help_panel=SERVICE)
+    ] = 60.0,
+    model: ModelArg = "mouthwarp",
+    checkpoint: CheckpointArg = None,
+    device: DeviceArg = "auto",
+    batch_size: BatchSizeArg = None,
+    precision: PrecisionArg = Precision.auto,
+    encoder: EncoderArg = "auto",
+    codec: CodecArg = None,
+    preset: PresetArg = "veryfast",
+    crf: CrfArg = 20,
+    jobs: JobsArg = 2,
+    workers: WorkersArg = None,
+    retries: RetriesArg = 2,
+    stall_timeout: StallTimeoutArg = 60.0,
+    job_timeout: JobTimeoutArg = None,
+    executor: ExecutorArg = ExecutorName.local,
+    ray_address: RayAddressArg = None,
+    ray_shared_fs: RaySharedFsArg = False,
+    log_level: LogLevelArg = LogLevel.WARNING,
+    log_file: LogFileArg = None,
+) -> None:
+    """Render jobs submitted over HTTP (dhgen's API and HeyGem's) with the same supervised renderer."""
+    from dhgen.service.options import ServiceOptions
+    from dhgen.service.server import serve as run_server
+
+    try:
+        _setup_logging(log_level.value, log_file, None)
+        service = ServiceOptions(
+            state=state,
+            host=host,
+            port=port,
+            token=token,
+            input_root=input_root,
+            max_queue=max_queue,
+            max_upload=_size(max_upload, "--max-upload"),
+            drain_timeout=drain_timeout,
+        )
+        options = RenderOptions(
+            encode=_encode_options(encoder, codec, preset, crf),
+            model=ModelOptions(
+                name=model, checkpoint=checkpoint, device=device, precision=precision.value, batch_size=batch_size
+            ),
+        )
+        run = RunOptions(
+            jobs=jobs,
+            workers=workers,
+            retries=retries,
+            stall_timeout=stall_timeout,
+            job_timeout=job_timeout,
+            **_executor_options(executor, ray_address, ray_shared_fs),
+        )
+        run_server(
+            service,
+            options,
+            run,
+            on_listening=lambda h, p: typer.echo(f"dhgen serve: listening on http://{h}:{p} (state {state})", err=True),
+        )
+    except UsageError as exc:
+        _fail(exc, EXIT_USAGE)
+    except RunLocked as exc:
+        _fail(exc, EXIT_LOCKED)
+    raise typer.Exit(EXIT_OK)
+
+
+def _size(text: str, option: str) -> int:
+    """Bytes from `123`, `64K`, `512M` or `2G` (powers of 1024)."""
+    match = re.fullmatch(r"\s*(\d+)\s*([KMG]?)i?B?\s*", text, re.IGNORECASE)
+    if not match or int(match.group(1)) < 1:
+        raise UsageError(f"{option} {text!r} is not a size", hint="give bytes, or a number with K, M or G: 512M")
+    return int(match.group(1)) * 1024 ** "_KMG".index(match.group(2).upper() or "_")
 
 
 @app.command(cls=DhgenCommand)

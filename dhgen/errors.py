@@ -129,6 +129,13 @@ class DigestMismatch(DhgenError):
     )
 
 
+class Cancelled(DhgenError):
+    """The job was cancelled (`dhgen serve`: DELETE /v1/jobs/ID) while queued or running; its record's status is
+    `cancelled`."""
+
+    default_hint = "submit it again (after deleting it) if it is still wanted"
+
+
 # --- process and resource failures: retryable --------------------------------------------------------------------
 
 
@@ -169,6 +176,14 @@ def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type's name when it has none)."""
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+class ServiceInterrupted(DhgenError):
+    """The server (`dhgen serve`) stopped while the job was running: a SIGTERM whose drain timeout ran out, or a
+    crash, a SIGKILL, a reboot. The job was queued again and runs at the server's next start."""
+
+    retryable = True
+    default_hint = "nothing to do: the job runs again when the server starts; raise --drain-timeout for long jobs"
 
 
 def reason(exc: BaseException) -> str:

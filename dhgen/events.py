@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dhgen.results import JobRecord, utc_now
 
 EventFn = Callable[[dict], None]
+NO_MORE_INFERENCE = "no more inference"  # the `action` of the incident after which the model cannot run at all
 
 
 def run_started(jobs: int, **extra) -> dict:

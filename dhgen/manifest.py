@@ -494,15 +494,3 @@ def _digest(path: str, inode: int, size: int, mtime_ns: int) -> str:
         while block := f.read(1 << 20):
             h.update(block)
     return h.hexdigest()
-
-
-def input_fingerprint(job: Job, settings: dict) -> str | None:
-    """Hash of both inputs' content and the settings shaping the output (the job's own included, as
-    `runner.render_settings(job_options(...))` gives them); None if an input is unreadable."""
-    h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
-    try:
-        for p in (job.audio, job.avatar):
-            h.update(file_digest(p).encode())
-    except OSError:
-        return None
-    return h.hexdigest()[:32]

@@ -42,10 +42,13 @@ METRICS = {
 
 
 class MetricsFile:
-    """An event handler that keeps a Prometheus textfile up to date; a context manager for the run."""
+    """An event handler that keeps a Prometheus textfile up to date; a context manager for the run. Without a path
+    it only counts (`dhgen serve` answers GET /metrics with `text()`)."""
 
-    def __init__(self, path: Path, labels: dict[str, str] | None = None, clock: Callable[[], float] = time.time):
-        self.path = Path(path)
+    def __init__(
+        self, path: Path | None, labels: dict[str, str] | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.path = Path(path) if path is not None else None
         self.labels = dict(labels or {})
         self.clock = clock
         self.start = self.end = None
@@ -55,7 +58,7 @@ class MetricsFile:
         self.frames = self.retries = 0
         self.incidents: Counter[str] = Counter()
         self.worker_deaths = 0  # inference workers (Ray: actors) that died, each counted once
-        self.last_success = read_last_success(self.path)
+        self.last_success = read_last_success(self.path) if self.path is not None else None
 
     def __enter__(self) -> MetricsFile:
         return self
@@ -70,6 +73,10 @@ class MetricsFile:
         if handler is not None:
             handler(event)
             self.write()
+
+    def add_jobs(self, count: int) -> None:
+        """Jobs that joined the run after it started (a service's submits)."""
+        self.total += count
 
     def _on_run_started(self, event: dict) -> None:
         self.start, self.total = self.clock(), int(event.get("jobs", 0))
@@ -136,6 +143,8 @@ class MetricsFile:
 
     def write(self) -> None:
         """Replace the file atomically; a metrics file that cannot be written is logged, never fatal."""
+        if self.path is None:
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             replace_atomically(self.path, self.text().encode())

@@ -1,5 +1,5 @@
 """Job records and the result log: what every executor fills in for a job, the JSON object per finished job
-appended to `results.jsonl`, and what `--resume` reads back.
+appended to `results.jsonl`, and reading it back (`dhgen.resume` decides what is done).
 
 Records are built here, below the runner and every executor (`dhgen.executors`), so whatever runs a job, its
 record has the same fields filled the same way.
@@ -177,14 +177,3 @@ def latest(logs: Iterable[dict[str, dict]]) -> dict[str, dict]:
 
 def _finished(record: dict) -> str:
     return str(record.get("finished_at") or record.get("started_at") or "")
-
-
-def already_done(previous: dict | None, output: Path, fingerprint: str | None) -> bool:
-    """`--resume` skips a job whose last record succeeded with the same inputs and whose output still exists."""
-    return (
-        previous is not None
-        and previous.get("status") in ("succeeded", "skipped")
-        and fingerprint is not None
-        and previous.get("input_fingerprint") == fingerprint
-        and Path(output).is_file()
-    )

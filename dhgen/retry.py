@@ -14,6 +14,14 @@ from dataclasses import dataclass
 from dhgen.errors import HardwareEncodeError, JobTimeout
 
 RETRIED_ONCE = frozenset({JobTimeout.__name__, HardwareEncodeError.__name__})
+# The executor lost what runs jobs (the Ray head: issue 17): final for this run, retried by a later one (the next
+# `dhgen render --resume`, or the service's next executor).
+RETRIED_IN_A_LATER_RUN = frozenset({"ClusterLost"})
+
+
+def retried_in_a_later_run(error: dict | None) -> bool:
+    """A job's final error that a later run retries (the service queues such a job again at once)."""
+    return error is not None and error.get("type") in RETRIED_IN_A_LATER_RUN
 
 
 @dataclass(frozen=True)

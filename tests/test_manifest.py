@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dhgen.errors import ManifestError, UsageError
-from dhgen.manifest import Job, input_fingerprint, read_manifest, single_job, write_manifest
+from dhgen.manifest import Job, read_manifest, single_job, write_manifest
 from dhgen.options import JobSettings
 
 
@@ -153,20 +153,6 @@ def test_single_job_form_uses_the_given_output(tmp_path):
     assert job.output == tmp_path / "my clip.mp4"
     assert job.id and " " not in job.id
     assert (job.audio, job.avatar) == (Path("a.wav"), Path("face.png"))
-
-
-def test_input_fingerprint_follows_content_and_settings(tmp_path):
-    a, v = tmp_path / "a.wav", tmp_path / "v.mp4"
-    a.write_bytes(b"one")
-    v.write_bytes(b"face")
-    job = Job("x", a, v, tmp_path / "x.mp4")
-    first = input_fingerprint(job, {"crf": 20})
-    assert first == input_fingerprint(Job("y", a, v, tmp_path / "y.mp4"), {"crf": 20})  # content, not names
-    assert first != input_fingerprint(job, {"crf": 21})
-    a.write_bytes(b"two")
-    assert first != input_fingerprint(job, {"crf": 20})
-    a.unlink()
-    assert input_fingerprint(job, {"crf": 20}) is None
 
 
 def test_a_file_is_hashed_once_until_it_changes(tmp_path):

@@ -432,3 +432,45 @@ def test_without_an_address_a_private_ray_on_127_0_0_1_runs_the_batch_and_is_gon
     assert frame_digests(tmp_path / "o.mp4")
     assert seen and all(a in ("127.0.0.1", "[::ffff:127.0.0.1]") for addresses in seen.values() for a in addresses)
     _wait_until(lambda: not any(alive(pid) for pid in seen), 15, "the private Ray to stop")
+
+
+def test_the_ray_executor_serves_jobs_as_they_arrive_and_cancels_one(ray_cluster, tmp_path):
+    """`serve` (what `dhgen serve --executor ray` runs): a job submitted while the actors wait renders; a running
+    job cancelled ends `cancelled`, its task gone; a closed feed ends the executor."""
+    import threading
+
+    from dhgen.executors.feed import JobFeed
+    from dhgen.executors.raycluster import RayExecutor
+    from dhgen.results import new_record
+
+    run = RunOptions(out_dir=tmp_path, executor="ray", ray_address=ray_cluster.address, jobs=1, job_timeout=90)
+    feed, watcher, records = JobFeed(), EventWatcher(), []
+    long_audio = write_clip(tmp_path / "long.wav", 4.4)
+    serving = threading.Thread(target=lambda: records.extend(RayExecutor(OPTIONS, run).serve(feed, watcher)))
+    serving.start()
+    try:
+        watcher.wait_for(lambda e: e["event"] == "worker_started", timeout=60)
+        first = Job("first", SHORT_AUDIO, AVATAR, tmp_path / "first.mp4")
+        feed.submit(first, new_record(first, None))
+        deadline = time.monotonic() + 60
+        while not records and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [r.status for r in records] == ["succeeded"] and Path(records[0].output).is_file()
+        doomed = Job("doomed", long_audio, AVATAR, tmp_path / "doomed.mp4")
+        feed.submit(doomed, new_record(doomed, None))
+        watcher.wait_for(_progress_of("doomed"), timeout=60)
+        pid = watcher.wait_for(_started("doomed"))["pid"]
+        feed.cancel("doomed")
+        feed.close()
+        serving.join(60)
+        assert not serving.is_alive()
+    finally:
+        feed.stop()
+        serving.join(30)
+    cancelled = records[-1]
+    assert (cancelled.job_id, cancelled.status, cancelled.error["type"]) == ("doomed", "cancelled", "Cancelled")
+    assert not (tmp_path / "doomed.mp4").exists()
+    deadline = time.monotonic() + 10
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(pid)  # the task's worker process was stopped

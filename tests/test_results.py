@@ -3,7 +3,7 @@
 import dataclasses
 import json
 
-from dhgen.results import JobRecord, ResultLog, already_done, last_records, utc_now
+from dhgen.results import JobRecord, ResultLog, last_records, utc_now
 
 # Every field DESIGN.md promises in a result record, and the per-job settings of issue 9 (README's field list).
 DESIGN_FIELDS = {
@@ -88,19 +88,6 @@ def test_append_after_a_torn_line_starts_a_new_line(tmp_path):
         f.write('{"job_id": "b", "sta')
     log.append(record("c"))
     assert set(last_records(path)) == {"a", "c"}
-
-
-def test_already_done_needs_success_same_fingerprint_and_the_output(tmp_path):
-    out = tmp_path / "x.mp4"
-    out.write_bytes(b"video")
-    ok = json.loads(record("x").to_json())
-    assert already_done(ok, out, "f1")
-    assert already_done({**ok, "status": "skipped"}, out, "f1")  # a skip keeps the job done
-    assert not already_done(None, out, "f1")
-    assert not already_done({**ok, "status": "failed"}, out, "f1")
-    assert not already_done(ok, out, "f2")  # the inputs or settings changed
-    assert not already_done(ok, out, None)  # an input is unreadable now
-    assert not already_done(ok, tmp_path / "deleted.mp4", "f1")
 
 
 def test_utc_now_is_iso_utc():

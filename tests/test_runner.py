@@ -24,8 +24,9 @@ from dhgen.executors.inprocess import InProcessExecutor
 from dhgen.manifest import Job, read_manifest
 from dhgen.options import EncodeOptions, FaceOptions, JobSettings, ModelOptions, RenderOptions, RunOptions, job_options
 from dhgen.results import last_records
+from dhgen.resume import render_settings
 from dhgen.retry import RetryPolicy
-from dhgen.runner import RunLock, render, render_settings
+from dhgen.runner import RunLock, render
 from dhgen.shards import Shard
 
 

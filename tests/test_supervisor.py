@@ -12,7 +12,7 @@ from pathlib import Path
 
 import av
 import pytest
-from conftest import FIXTURES, EventWatcher, alive, frame_digests
+from conftest import FIXTURES, EventWatcher, alive, children_of, frame_digests
 
 from dhgen.encoders import probe
 from dhgen.executors.inprocess import InProcessExecutor
@@ -38,19 +38,6 @@ def _run(tmp_path, job_list, watcher, **run_kw):
 
 def _progress_of(job_id: str, at_least: int = 1):
     return lambda e: e["event"] == "job_progress" and e["job_id"] == job_id and e.get("decoded", 0) >= at_least
-
-
-def _children_of(pid: int) -> list[int]:
-    kids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                kids.append(int(entry))
-    return kids
 
 
 def test_killed_worker_is_replaced_and_every_job_succeeds(tmp_path):
@@ -188,8 +175,8 @@ def test_sigterm_stops_cleanly_and_resume_finishes_the_rest(tmp_path):
     manifest = _write_manifest(tmp_path, 3)
     cli = _start_cli(manifest, out)
     _wait_until(lambda: len(_records(out)) == 1)  # j0 done, j1 under way
-    _wait_until(lambda: len(_children_of(cli.pid)) >= 2)
-    children = _children_of(cli.pid)
+    _wait_until(lambda: len(children_of(cli.pid)) >= 2)
+    children = children_of(cli.pid)
     started = time.monotonic()
     cli.send_signal(signal.SIGTERM)
     assert cli.wait(timeout=15) == 143
@@ -210,9 +197,9 @@ def test_sigterm_stops_cleanly_and_resume_finishes_the_rest(tmp_path):
 def test_sigkill_of_the_supervisor_leaves_no_child(tmp_path):
     out = tmp_path / "out"
     cli = _start_cli(_write_manifest(tmp_path, 2), out)
-    _wait_until(lambda: len(_children_of(cli.pid)) >= 2)
+    _wait_until(lambda: len(children_of(cli.pid)) >= 2)
     _wait_until(lambda: any(out.glob(".*partial*")))  # rendering under way
-    children = _children_of(cli.pid)
+    children = children_of(cli.pid)
     cli.kill()
     cli.wait()
     _wait_until(lambda: not any(alive(pid) for pid in children), timeout=5)
@@ -223,7 +210,7 @@ def test_a_second_run_on_the_same_folder_exits_75(tmp_path):
     manifest = _write_manifest(tmp_path, 1)
     first = _start_cli(manifest, out)
     try:
-        _wait_until(lambda: (out / ".dhgen.lock").exists() and len(_children_of(first.pid)) >= 1)
+        _wait_until(lambda: (out / ".dhgen.lock").exists() and len(children_of(first.pid)) >= 1)
         second = subprocess.run(
             [*DHGEN, "render", str(manifest), "--out", str(out)], capture_output=True, text=True, timeout=30
         )

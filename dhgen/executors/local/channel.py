@@ -27,6 +27,10 @@ class Inbox:
 
     def put(self, key, message) -> None:
         self.messages.put((key, message))
+        self.wake()
+
+    def wake(self) -> None:
+        """Make the supervisor's `wait()` return (from any thread)."""
         try:
             os.write(self._wake_w, b"!")
         except BlockingIOError:  # the pipe is full of pokes already: the loop is awake anyway

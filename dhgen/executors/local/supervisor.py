@@ -10,6 +10,11 @@
                          │
         records (result log) and events (progress display), through the runner
 
+Jobs come from a feed (`dhgen.executors.feed`): the runner's is closed from the start (its list), the service's
+stays open, so one supervisor, its workers with the model loaded and its idle job processes serve jobs as they
+arrive; the feed's wake-up is one more thing `wait()` watches. A cancelled job's process is killed like a stalled
+one, and its record ends `cancelled`.
+
 Liveness comes from process sentinels, never from a receive that timed out. A child that died is named (exit
 code, signal, the tail of its crash file). A dead worker is replaced and the batches it held are replayed, so
 jobs go on; a dead job process costs its job one attempt. Stalls are judged from progress counters. Retries
@@ -34,6 +39,7 @@ from pathlib import Path
 
 from dhgen import events
 from dhgen.errors import (
+    Cancelled,
     JobProcessCrashed,
     OutOfMemory,
     Stalled,
@@ -41,6 +47,7 @@ from dhgen.errors import (
     WorkerCrashed,
 )
 from dhgen.events import EventFn
+from dhgen.executors.feed import JobFeed
 from dhgen.executors.local.channel import EOF_MESSAGE, Channel, Inbox
 from dhgen.executors.local.children import (
     CHILD_NAME_PREFIX,
@@ -53,13 +60,13 @@ from dhgen.executors.local.children import (
 from dhgen.executors.local.jobproc import job_main
 from dhgen.executors.local.workerproc import worker_main
 from dhgen.executors.shares import job_threads, worker_threads
-from dhgen.executors.slots import JobSlot, retrying
+from dhgen.executors.slots import JobSlot, retrying, take_from
 from dhgen.executors.stopping import StopSignals
 from dhgen.liveness import PROGRESS_EVERY_S, AttemptProgress, Limits
 from dhgen.manifest import Job
 from dhgen.models import get_family
 from dhgen.options import RenderOptions, RunOptions, job_options
-from dhgen.results import JobRecord, fill_outcome, new_record, note_served, utc_now
+from dhgen.results import JobRecord, fill_outcome, note_served, utc_now
 from dhgen.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -74,7 +81,7 @@ STOP_GRACE_S = 3.0  # after SIGTERM to children, before SIGKILL
 class _Item:
     """One job's batch of crops waiting for, or held by, a worker."""
 
-    job_id: str
+    slot: JobSlot
     attempt: int
     ticket: int
     batch: object
@@ -142,31 +149,42 @@ class Supervisor:
     def run(self, jobs: list[Job], fingerprints: dict, emit: EventFn) -> Iterator[JobRecord]:
         if not jobs:
             return
-        self._emit = emit
-        self._slots = {job.id: JobSlot(job, new_record(job, fingerprints[job.id])) for job in jobs}
+        yield from self.serve(JobFeed.of(jobs, fingerprints), emit)
+
+    def serve(self, feed: JobFeed, emit: EventFn) -> Iterator[JobRecord]:
+        """Render the jobs of `feed` as they arrive, until it is closed and they have finished, or it is stopped."""
+        self._emit, self._feed = emit, feed
+        self._slots: dict[str, JobSlot] = {}  # unfinished jobs, in the order they arrived
+        self._done: deque[JobRecord] = deque()
+        self._take_feed()
+        jobs = self.run_options.jobs
+        self._concurrency = jobs if not feed.closed else max(1, min(jobs, len(self._slots)))
         self._queue: deque[_Item] = deque()
         self._workers: dict[int, _Worker] = {}
         self._job_procs: dict[tuple, _JobProcess] = {}
         self._spawned = 0
-        self._done: deque[JobRecord] = deque()
         self._inbox = Inbox()
         self._tmp = Path(tempfile.mkdtemp(prefix="dhgen-run-"))
         self._dispatch_seq, self._fruitless, self._fatal = 0, 0, None
         self._stop = StopSignals(self._kill_children_now)
         self._stop.__enter__()
+        feed.wake_with(self._inbox.wake)
         try:
             for index, device in enumerate(self._worker_devices()):
                 self._start_worker(index, device)
             yield from self._loop()
         finally:
+            feed.wake_with(None)
             self._stop_everything()
             self._stop.__exit__()
             self._inbox.close()
             shutil.rmtree(self._tmp, ignore_errors=True)
 
     def _loop(self) -> Iterator[JobRecord]:
-        while not all(slot.finished for slot in self._slots.values()):
+        while not self._feed.stopped and (self._slots or not self._feed.closed):
             self._stop.check()
+            self._take_feed()
+            self._warm_job_processes()
             self._start_due_jobs()
             self._dispatch()
             wait([self._inbox.wake_r, *self._sentinels()], timeout=TICK_S)
@@ -179,6 +197,24 @@ class Supervisor:
 
     def _sentinels(self) -> list:
         return [p.sentinel for p in self._children()]
+
+    def _take_feed(self) -> None:
+        _, cancels = take_from(self._feed, self._slots)
+        for job_id in cancels:
+            self._cancel(job_id)
+
+    def _cancel(self, job_id: str) -> None:
+        slot = self._slots.get(job_id)
+        if slot is None:
+            return  # finished already
+        if slot.running is None:
+            slot.cancel(time.monotonic())
+            self._job_done(slot)
+        elif slot.running.ended_as is None:
+            pid = slot.running.proc.pid
+            self._kill_attempt(
+                slot, Cancelled(f"job {job_id} was cancelled while running; its process (pid {pid}) was stopped")
+            )
 
     # --- starting children -------------------------------------------------------------------------------------
 
@@ -197,7 +233,7 @@ class Supervisor:
 
     def _threads(self, device: str | None = None) -> int:
         """This machine's cores shared between the job processes (device None) and the workers (`shares`)."""
-        jobs = max(1, min(self.run_options.jobs, len(self._slots)))
+        jobs = self._concurrency
         if device is None:
             return job_threads(self._cores, jobs)
         return worker_threads(self._cores, jobs, device, self.options.model)
@@ -222,7 +258,16 @@ class Supervisor:
         now = time.monotonic()
         self._workers[index] = _Worker(index, device, proc, channel, crash_path, started=now, last_reply=now)
 
+    def _warm_job_processes(self) -> None:
+        """An open feed keeps a job process per slot started and idle, so a job that arrives starts at once."""
+        if self._feed.closed or self._feed.holding:
+            return
+        for _ in range(self._concurrency - len(self._job_procs)):
+            self._spawn_job_process()
+
     def _start_due_jobs(self) -> None:
+        if self._feed.holding:
+            return
         running = sum(1 for s in self._slots.values() if s.running)
         now = time.monotonic()
         for slot in self._slots.values():
@@ -277,7 +322,7 @@ class Supervisor:
                 attempt.channel.send(("infer_failed", ticket, self._fatal))
                 return
             attempt.outstanding.add(ticket)
-            self._queue.append(_Item(slot.job.id, slot.attempt_no, ticket, batch))
+            self._queue.append(_Item(slot, slot.attempt_no, ticket, batch))
         elif kind == "progress":
             _, counter, value = message
             self._emit_progress(slot, force=attempt.progress.count(counter, value, time.monotonic()))
@@ -304,7 +349,7 @@ class Supervisor:
                 worker.last_event = worker.last_reply
                 self._emit(events.worker_progress(worker.index, worker.proc.pid, worker.served))
             for item, answer in zip(worker.in_flight.pop(dispatch_id, []), results, strict=True):
-                note_served(self._slots[item.job_id].record, worker.device, worker.dtype)
+                note_served(item.slot.record, worker.device, worker.dtype)
                 self._deliver(item, ("patches", item.ticket, answer))
         elif kind == "error":
             _, dispatch_id, record = message
@@ -315,12 +360,12 @@ class Supervisor:
                 f"out of memory on {worker.device}: {message[1]['message']}; batch size halved "
                 f"to {message[1]['batch_size']}"
             ).to_record()
-            self._incident(incident, self._jobs_of(worker), worker=worker.index, batch_size=message[1]["batch_size"])
+            self._incident(incident, self._slots_of(worker), worker=worker.index, batch_size=message[1]["batch_size"])
         elif kind == "fatal":
             self._model_failed(message[1])
 
     def _deliver(self, item: _Item, message) -> None:
-        slot = self._slots[item.job_id]
+        slot = item.slot
         if slot.running is None or slot.attempt_no != item.attempt:
             return  # the attempt that asked is gone
         slot.running.outstanding.discard(item.ticket)
@@ -351,7 +396,7 @@ class Supervisor:
         items, size = [], 0
         while self._queue:
             item = self._queue[0]
-            slot = self._slots[item.job_id]
+            slot = item.slot
             if slot.running is None or slot.attempt_no != item.attempt:
                 self._queue.popleft()  # its attempt is gone
                 continue
@@ -361,8 +406,10 @@ class Supervisor:
             size += len(item)
         return items
 
-    def _jobs_of(self, worker: _Worker) -> list[str]:
-        return sorted({item.job_id for items in worker.in_flight.values() for item in items})
+    def _slots_of(self, worker: _Worker) -> list[JobSlot]:
+        """The jobs whose batches `worker` holds, by id."""
+        slots = {id(item.slot): item.slot for items in worker.in_flight.values() for item in items}
+        return sorted(slots.values(), key=lambda slot: slot.job.id)
 
     # --- deaths, stalls, timeouts ------------------------------------------------------------------------------
 
@@ -387,7 +434,7 @@ class Supervisor:
         incident = self._death_record(
             WorkerCrashed, "inference worker", worker.proc, worker.crash_path, stalled=worker.stalled
         )
-        jobs = self._jobs_of(worker)
+        jobs = self._slots_of(worker)
         replay = [item for items in worker.in_flight.values() for item in items]
         self._queue.extendleft(reversed(replay))
         self._fruitless = self._fruitless + 1 if worker.served == 0 else 1
@@ -463,23 +510,29 @@ class Supervisor:
     def _attempt_failed(self, slot: JobSlot, error: dict) -> None:
         delay = slot.attempt_failed(error, self._retry, self._stop.signum is not None, time.monotonic())
         if delay is None:
-            self._done.append(slot.record)
+            self._job_done(slot)
         else:
             self._emit(events.incident(error, job_id=slot.job.id, action=retrying(delay, slot.attempt_no)))
 
     def _finish(self, slot: JobSlot) -> None:
         slot.finish(time.monotonic())
-        self._done.append(slot.record)
+        self._job_done(slot)
 
-    def _incident(self, record: dict, job_ids: list[str], **details) -> None:
-        for job_id in job_ids:
-            self._slots[job_id].record.errors.append({**record, **details})
-        self._emit(events.incident(record, job_ids=job_ids, **details))
+    def _job_done(self, slot: JobSlot) -> None:
+        """The job's record is final: it is yielded at the end of this turn, and the job is forgotten."""
+        self._done.append(slot.record)
+        if self._slots.get(slot.job.id) is slot:
+            del self._slots[slot.job.id]
+
+    def _incident(self, record: dict, slots: list[JobSlot], **details) -> None:
+        for slot in slots:
+            slot.record.errors.append({**record, **details})
+        self._emit(events.incident(record, job_ids=[slot.job.id for slot in slots], **details))
 
     def _model_failed(self, record: dict) -> None:
         """The model cannot run (bad checkpoint, workers that keep dying): every waiting batch fails with it."""
         self._fatal = record
-        self._emit(events.incident(record, action="no more inference"))
+        self._emit(events.incident(record, action=events.NO_MORE_INFERENCE))
         pending = list(self._queue) + [
             i for w in self._workers.values() for items in w.in_flight.values() for i in items
         ]

@@ -12,7 +12,6 @@ machine's address, so the driver connects there and the private instance binds n
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import socket
@@ -20,6 +19,7 @@ import sys
 from dataclasses import dataclass
 
 from dhgen.errors import UsageError
+from dhgen.hosts import is_loopback_host
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +47,7 @@ def is_loopback(address: str | None) -> bool:
     """Whether `address` (HOST:PORT, maybe with a scheme) names this machine's loopback interface."""
     if not address or address == "auto":
         return False
-    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_host(address.split("://", 1)[-1].rsplit(":", 1)[0])
 
 
 def resolve_address(address: str | None) -> str | None:

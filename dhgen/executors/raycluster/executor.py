@@ -6,7 +6,9 @@ arrives it emits events, judges stalls and timeouts (`dhgen.liveness`), retries 
 fills records (`dhgen.results`); Ray's own retries are off. Without a shared filesystem it ships each input file
 to the object store once (`Inputs`) and writes each finished MP4 it receives (temp file + fsync + rename).
 SIGINT/SIGTERM, or any end: every task of the run is cancelled (force), every actor killed, partial files and
-the nodes' temp folders removed.
+the nodes' temp folders removed. Jobs come from a feed (`dhgen.executors.feed`), looked at every turn: the runner's
+is closed from the start, the service's stays open while the actors keep the model loaded; a cancelled job's task is
+cancelled like a stalled one, and its record ends `cancelled`.
 """
 
 from __future__ import annotations
@@ -22,19 +24,20 @@ from pathlib import Path
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from dhgen import events
-from dhgen.errors import DhgenError, JobProcessCrashed, MissingInputError, UsageError, reason
+from dhgen.errors import Cancelled, DhgenError, JobProcessCrashed, MissingInputError, UsageError, reason
 from dhgen.events import EventFn
+from dhgen.executors.feed import JobFeed
 from dhgen.executors.raycluster.cluster import Connection
 from dhgen.executors.raycluster.failures import job_failure, node_lost
 from dhgen.executors.raycluster.jobtask import TaskSpec, remove_work_folder, run_job
 from dhgen.executors.raycluster.pool import Actor, Node, Pool
-from dhgen.executors.slots import JobSlot, retrying
+from dhgen.executors.slots import JobSlot, retrying, take_from
 from dhgen.executors.stopping import StopSignals
 from dhgen.liveness import AttemptProgress, Limits
 from dhgen.manifest import Job
 from dhgen.options import RenderOptions, RunOptions, job_options
 from dhgen.pipeline import make_output_folder
-from dhgen.results import JobRecord, fill_outcome, new_record, note_served, utc_now
+from dhgen.results import JobRecord, fill_outcome, note_served, utc_now
 from dhgen.retry import RetryPolicy
 from dhgen.writer import temp_path_for, write_file_atomically
 
@@ -68,8 +71,12 @@ class RayExecutor:
     def run(self, jobs: list[Job], fingerprints: dict, emit: EventFn) -> Iterator[JobRecord]:
         if not jobs:
             return
+        yield from self.serve(JobFeed.of(jobs, fingerprints), emit)
+
+    def serve(self, feed: JobFeed, emit: EventFn) -> Iterator[JobRecord]:
+        """Run the jobs of `feed` as they arrive, until it is closed and they have finished, or it is stopped."""
         with Connection(self.run_options.ray_address) as connection:
-            self._prepare(connection.ray, jobs, fingerprints, emit)
+            self._prepare(connection.ray, feed, emit)
             with StopSignals(self._kill_now) as self._stop:
                 try:
                     self._start_pool()
@@ -79,14 +86,14 @@ class RayExecutor:
 
     # --- the loop ------------------------------------------------------------------------------------------
 
-    def _prepare(self, ray, jobs: list[Job], fingerprints: dict, emit: EventFn) -> None:
-        self.ray, self._emit = ray, emit
+    def _prepare(self, ray, feed: JobFeed, emit: EventFn) -> None:
+        self.ray, self._emit, self._feed = ray, emit, feed
         self._run_id = uuid.uuid4().hex[:12]
-        self._slots = {job.id: JobSlot(job, new_record(job, fingerprints[job.id])) for job in jobs}
+        self._slots: dict[str, JobSlot] = {}  # unfinished jobs, in the order they arrived
         self._by_stream: dict[int, JobSlot] = {}
         self._unclean: set[str] = set()  # nodes where an attempt ended without cleaning up after itself
         self._done: deque[JobRecord] = deque()
-        self._inputs = None if self.run_options.ray_shared_fs else Inputs(ray, jobs)
+        self._inputs = None if self.run_options.ray_shared_fs else Inputs(ray)
         self._task = ray.remote(run_job)
         self._pool = Pool(ray, self.options, self.run_options, emit, self._out_of_memory)
 
@@ -100,8 +107,10 @@ class RayExecutor:
             )
 
     def _loop(self) -> Iterator[JobRecord]:
-        while not all(slot.finished for slot in self._slots.values()):
+        self._take_feed()
+        while not self._feed.stopped and (self._slots or not self._feed.closed):
             self._stop.check()
+            self._take_feed()
             for node in self._pool.refresh(time.monotonic()):
                 self._node_lost(node)
             self._finish_if_nowhere_to_run()
@@ -114,10 +123,26 @@ class RayExecutor:
             while self._done:
                 yield self._done.popleft()
 
+    def _take_feed(self) -> None:
+        new, cancels = take_from(self._feed, self._slots)
+        for slot in new:
+            if self._inputs is not None:
+                self._inputs.add(slot.job)
+        for job_id in cancels:
+            slot = self._slots.get(job_id)
+            if slot is None:
+                continue  # finished already
+            if slot.running is None:
+                slot.cancel(time.monotonic())
+                self._job_done(slot)
+            elif slot.running.ended_as is None:
+                record = Cancelled(f"job {job_id} was cancelled while running; its task was cancelled").to_record()
+                self._cancel(slot, {**record, "node": slot.running.actor.node.ip, "time": utc_now()})
+
     def _wait(self) -> list:
         streams = self._pool.streams() + [s.running.stream for s in self._slots.values() if s.running]
         if not streams:
-            time.sleep(TICK_S)
+            self._feed.wait(TICK_S)
             return []
         ready, _ = self.ray.wait(streams, num_returns=1, timeout=TICK_S)
         if not ready:
@@ -209,8 +234,10 @@ class RayExecutor:
     # --- starting attempts ---------------------------------------------------------------------------------
 
     def _start_due_jobs(self) -> None:
+        if self._feed.holding:
+            return
         now = time.monotonic()
-        for slot in self._slots.values():
+        for slot in list(self._slots.values()):  # a slot may finish on the way
             if slot.finished or slot.running or slot.not_before > now:
                 continue
             actor = self._pool.place()
@@ -247,7 +274,7 @@ class RayExecutor:
     # --- stalls, timeouts, lost nodes and actors -----------------------------------------------------------
 
     def _check_attempts(self, now: float) -> None:
-        for slot in self._slots.values():
+        for slot in list(self._slots.values()):  # a slot may finish on the way
             attempt = slot.running
             if attempt is None:
                 continue
@@ -283,7 +310,7 @@ class RayExecutor:
         """No node or actor is left that could run a job: the jobs still waiting fail with the last loss."""
         if self._pool.usable():
             return
-        for slot in self._slots.values():
+        for slot in list(self._slots.values()):  # a slot may finish on the way
             if not slot.finished and slot.running is None:
                 slot.record.error = self._pool.last_loss
                 if not slot.record.errors or slot.record.errors[-1] is not slot.record.error:
@@ -307,7 +334,8 @@ class RayExecutor:
 
     def _out_of_memory(self, actor: Actor, record: dict) -> None:
         for job_id in actor.jobs:
-            self._slots[job_id].record.errors.append({**record, "time": utc_now()})
+            if job_id in self._slots:
+                self._slots[job_id].record.errors.append({**record, "time": utc_now()})
 
     # --- endings -------------------------------------------------------------------------------------------
 
@@ -334,9 +362,12 @@ class RayExecutor:
         self._job_done(slot)
 
     def _job_done(self, slot: JobSlot) -> None:
+        """The job's record is final: it is yielded at the end of this turn, and the job is forgotten."""
         if self._inputs is not None:
             self._inputs.release(slot.job)
         self._done.append(slot.record)
+        if self._slots.get(slot.job.id) is slot:
+            del self._slots[slot.job.id]
 
     # --- stopping ------------------------------------------------------------------------------------------
 
@@ -397,10 +428,13 @@ class Inputs:
     """Input files on their way to the nodes: each read and put into the object store once (a batch on one avatar
     sends it once), and dropped when no unfinished job needs it any more."""
 
-    def __init__(self, ray, jobs: list[Job]) -> None:
+    def __init__(self, ray) -> None:
         self._ray = ray
-        self._needed = Counter(str(p) for job in jobs for p in (job.audio, job.avatar))
+        self._needed: Counter[str] = Counter()
         self._refs: dict[str, object] = {}
+
+    def add(self, job: Job) -> None:
+        self._needed.update(str(p) for p in (job.audio, job.avatar))
 
     def refs(self, job: Job) -> tuple:
         """Object refs of the job's audio and avatar bytes; MissingInputError when one cannot be read here."""

@@ -200,7 +200,9 @@ class Pool:
             if isinstance(error, ActorDiedError):  # for good: Ray will not restart it
                 self._give_up(actor, actor_died(actor.index, actor.node, actor.pid, error, "died for good"))
                 self._emit(
-                    events.incident(self.last_loss, worker=actor.index, node=actor.node.ip, action="no more inference")
+                    events.incident(
+                        self.last_loss, worker=actor.index, node=actor.node.ip, action=events.NO_MORE_INFERENCE
+                    )
                 )
             elif actor.ready or actor.stalled:
                 self._actor_died(actor, error, now)
@@ -215,7 +217,7 @@ class Pool:
         if item.get("fatal") is not None:
             self._give_up(actor, {**item["fatal"], "node": actor.node.ip, "node_id": actor.node.node_id})
             self._emit(
-                events.incident(self.last_loss, worker=actor.index, node=actor.node.ip, action="no more inference")
+                events.incident(self.last_loss, worker=actor.index, node=actor.node.ip, action=events.NO_MORE_INFERENCE)
             )
             return
         if item.get("restarted") and not actor.death_noted:  # it died before the driver heard it was ready
@@ -271,7 +273,7 @@ class Pool:
                 f"; it died {actor.fruitless} times in a row before serving a batch, so dhgen stopped restarting it"
             )
             self._give_up(actor, record)
-            self._emit(events.incident(record, worker=actor.index, node=actor.node.ip, action="no more inference"))
+            self._emit(events.incident(record, worker=actor.index, node=actor.node.ip, action=events.NO_MORE_INFERENCE))
             return
         self._emit(
             events.incident(
