@@ -8,8 +8,11 @@ exception of the model's own or an answer of the wrong shape is a `ModelError` n
 
 Test hook: DHGEN_TEST_FAULT=raise makes every forward raise; DHGEN_TEST_FAULT=oom_above:N raises OutOfMemory
 for forward passes larger than N crops; DHGEN_TEST_FAULT=broken_cuda_once:PATH raises a CUDA error that breaks
-the context (`torch.AcceleratorError`) in the first forward of the first process to get there (it creates PATH;
-later processes find it and run normally). Tests use it for faults that real signals cannot produce.
+the context (what this torch raises for one: `torch.AcceleratorError`, or a plain RuntimeError before torch 2.8)
+in the first forward of the first process to get there (it creates PATH; later processes find it and run
+normally); DHGEN_TEST_FAULT=load_fails_once:PATH makes the first process to get there fail to load the model
+with the CUDA error of a GPU that another process holds. Tests use it for faults that real signals cannot
+produce.
 
 A process whose CUDA context is broken (`context_broken`) ends itself, so that it is replaced instead of failing
 every batch from now on.
@@ -24,7 +27,7 @@ import sys
 
 import numpy as np
 
-from dhgen.errors import DhgenError, ModelError, OutOfMemory, first_line
+from dhgen.errors import DhgenError, ModelError, ModelLoadError, OutOfMemory, first_line
 from dhgen.models.batches import CropBatch, PatchBatch, concat_patches
 from dhgen.models.protocol import Predictor
 from dhgen.models.registry import get_family
@@ -121,9 +124,9 @@ class FaultInjector:
         if self.fault.startswith("oom_above:") and len(batch) > int(self.fault.split(":")[1]):
             raise OutOfMemory(f"injected CUDA out of memory for a batch of {len(batch)} (DHGEN_TEST_FAULT)")
         if self.fault.startswith("broken_cuda_once:") and _first_to_create(self.fault.partition(":")[2]):
-            import torch
+            from dhgen.models.torch_backend import cuda_error
 
-            raise torch.AcceleratorError("injected CUDA error: an illegal memory access was encountered")
+            raise cuda_error("an illegal memory access was encountered (injected: DHGEN_TEST_FAULT)")
         return self.predictor.predict(batch)
 
     def audio_features(self, samples: np.ndarray) -> np.ndarray:
@@ -180,13 +183,32 @@ def load_model(options: ModelOptions) -> Predictor:
     family = get_family(options.name)
     device = resolve_device(options)
     try:
+        _inject_load_fault()
         predictor = family.load(options.checkpoint, device, resolve_dtype(options.precision, device))
     except Exception as exc:
         if _is_cuda_oom(exc):
-            raise OutOfMemory(f"CUDA out of memory loading {family.name} on {device}") from exc
+            raise OutOfMemory(f"CUDA out of memory loading {family.name} on {device}: {first_line(exc)}") from exc
+        if context_broken(exc):
+            raise ModelLoadError(
+                f"cannot load {family.name} on {device}: {first_line(exc)}", hint=DEVICE_LOAD_HINT
+            ) from exc
         raise
     log.info("loaded model %s on %s", family.name, device)
     return predictor
+
+
+DEVICE_LOAD_HINT = (
+    "the GPU refused the model, not the checkpoint: check `nvidia-smi` for another process holding it, its compute "
+    "mode (EXCLUSIVE_PROCESS admits one process) and ECC errors; or leave that GPU out with CUDA_VISIBLE_DEVICES"
+)
+
+
+def _inject_load_fault() -> None:
+    fault = os.environ.get("DHGEN_TEST_FAULT", "")
+    if fault.startswith("load_fails_once:") and _first_to_create(fault.partition(":")[2]):
+        from dhgen.models.torch_backend import cuda_error
+
+        raise cuda_error("CUDA-capable device(s) is/are busy or unavailable (injected: DHGEN_TEST_FAULT)")
 
 
 def load_for_serving(options: ModelOptions, threads: int | None = None) -> CheckedPredictor:

@@ -51,21 +51,47 @@ def resolve_device(name: str) -> str:
     return name
 
 
+# What CUDA libraries say in the text of the plain RuntimeError torch raises for them (no type of their own):
+# cuBLAS "CUDA error: CUBLAS_STATUS_... when calling `...`", cuDNN "cuDNN error: CUDNN_STATUS_...", CUDA runtime and
+# driver errors before torch 2.8 (no `torch.AcceleratorError` yet) and from extensions (STD_CUDA_CHECK)
+# "CUDA error: ..." / "CUDA driver error: ...".
+CUDA_OOM_WORDS = ("CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED")
+CUDA_FAILURE_WORDS = ("CUDA error", "CUDA driver error", "CUDNN_STATUS_EXECUTION_FAILED")
+
+
 def is_cuda_oom(exc: BaseException) -> bool:
     """True for torch's CUDA out-of-memory errors: the typed one, or the plain RuntimeError that CUDA library
-    calls (cuBLAS/cuDNN workspaces, `CUDA error: out of memory`) still raise. This is the one place dhgen reads
-    an error's text, to give it a type; everything downstream decides by type."""
+    calls (cuBLAS/cuDNN workspaces and handles: `*_STATUS_ALLOC_FAILED`, `CUDA error: out of memory`) still raise.
+    This (with `is_cuda_context_broken`) is the one place dhgen reads an error's text, to give it a type;
+    everything downstream decides by type."""
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return True
+    if not isinstance(exc, RuntimeError):
+        return False
     text = str(exc)
-    return isinstance(exc, RuntimeError) and "out of memory" in text and ("CUDA" in text or "cuda" in text)
+    return ("out of memory" in text and "CUDA" in text.upper()) or any(w in text for w in CUDA_OOM_WORDS)
 
 
 def is_cuda_context_broken(exc: BaseException) -> bool:
     """True for a CUDA error after which this process's CUDA context cannot be trusted (an illegal memory access,
-    a launch failure: torch raises them as `torch.AcceleratorError`), out-of-memory excepted. The process must end
-    so that a fresh one replaces it; retrying in the same process fails forever."""
-    return isinstance(exc, torch.AcceleratorError) and not is_cuda_oom(exc)
+    a launch failure, a failed cuBLAS/cuDNN execution), out-of-memory excepted. torch 2.8 and later raise most of
+    them as `torch.AcceleratorError`; older torch, cuBLAS, cuDNN and extensions raise a plain RuntimeError whose
+    text names the CUDA error. The process must end so that a fresh one replaces it; retrying in the same process
+    fails forever (an error that a fresh process repeats ends the model after a few restarts, with its text)."""
+    if not isinstance(exc, RuntimeError) or is_cuda_oom(exc):
+        return False
+    accelerator_error = getattr(torch, "AcceleratorError", None)  # torch >= 2.8
+    if accelerator_error is not None and isinstance(exc, accelerator_error):
+        return True
+    text = str(exc)
+    return any(w in text for w in CUDA_FAILURE_WORDS)
+
+
+def cuda_error(message: str) -> RuntimeError:
+    """The exception this torch raises for a CUDA runtime error with `message` (for the test hook): an
+    `AcceleratorError` where torch has it (2.8+), else the plain RuntimeError older torch raises."""
+    cls = getattr(torch, "AcceleratorError", RuntimeError)
+    return cls(f"CUDA error: {message}")
 
 
 class TorchPredictor:

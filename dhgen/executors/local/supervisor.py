@@ -11,8 +11,10 @@
         records (result log) and events (progress display), through the runner
 
 Liveness comes from process sentinels, never from a receive that timed out. A child that died is named (exit
-code, signal, the tail of its crash file). A dead worker is replaced and the batches it held are replayed, so
-jobs go on; a dead job process costs its job one attempt. Stalls are judged from progress counters. Retries
+code, signal, the tail of its crash file, and the CUDA error of a worker whose CUDA context broke). A dead worker
+is replaced and the batches it held are replayed, so jobs go on; a dead job process costs its job one attempt.
+A worker that cannot load the model, or keeps dying before it serves, is given up (its GPU is lost, not the run)
+while another serves; when none is left, the model has failed and every waiting batch fails with its error. Stalls are judged from progress counters. Retries
 are decided by the error's type. Pipes of a dead child are closed, never reused.
 """
 
@@ -55,6 +57,7 @@ from dhgen.executors.local.workerproc import worker_main
 from dhgen.executors.shares import job_threads, worker_threads
 from dhgen.executors.slots import JobSlot, retrying
 from dhgen.executors.stopping import StopSignals
+from dhgen.gpus import visible_gpu_count
 from dhgen.liveness import PROGRESS_EVERY_S, AttemptProgress, Limits
 from dhgen.manifest import Job
 from dhgen.models import get_family
@@ -125,6 +128,7 @@ class _Worker:
     served: int = 0
     stalled: bool = False
     last_event: float = 0.0  # when worker_progress was last emitted
+    broken: dict | None = None  # the CUDA error that broke its context (from its "broken", before it exits)
 
 
 class Supervisor:
@@ -151,7 +155,10 @@ class Supervisor:
         self._done: deque[JobRecord] = deque()
         self._inbox = Inbox()
         self._tmp = Path(tempfile.mkdtemp(prefix="dhgen-run-"))
-        self._dispatch_seq, self._fruitless, self._fatal = 0, 0, None
+        self._dispatch_seq, self._fatal = 0, None
+        self._fruitless: dict[int, int] = {}  # worker index -> its deaths in a row before serving anything
+        self._lost: dict[int, dict] = {}  # worker index -> why it was given up (not replaced)
+        self._lost_told: set[int] = set()  # given-up workers whose incident was emitted
         self._stop = StopSignals(self._kill_children_now)
         self._stop.__enter__()
         try:
@@ -296,10 +303,10 @@ class Supervisor:
             worker.ready = True
             worker.device, worker.dtype = message[1]["device"], message[1]["dtype"]  # what "auto:N" turned out to be
             self._emit(events.worker_started(worker.index, message[1]["pid"], message[1]["device"]))
+            self._settle_lost_workers()
         elif kind == "result":
             _, dispatch_id, results = message
             worker.served += 1
-            self._fruitless = 0
             if worker.last_reply - worker.last_event >= PROGRESS_EVERY_S:
                 worker.last_event = worker.last_reply
                 self._emit(events.worker_progress(worker.index, worker.proc.pid, worker.served))
@@ -316,8 +323,11 @@ class Supervisor:
                 f"to {message[1]['batch_size']}"
             ).to_record()
             self._incident(incident, self._jobs_of(worker), worker=worker.index, batch_size=message[1]["batch_size"])
+        elif kind == "broken":
+            worker.broken = message[1]
         elif kind == "fatal":
-            self._model_failed(message[1])
+            self._lost[worker.index] = {**message[1], "worker": worker.index, "device": worker.device}
+            self._settle_lost_workers()
 
     def _deliver(self, item: _Item, message) -> None:
         slot = self._slots[item.job_id]
@@ -382,26 +392,44 @@ class Supervisor:
             self._on_message(key, message)
         worker.channel.close()
         del self._workers[worker.index]
-        if self._fatal is not None:
+        if self._fatal is not None or worker.index in self._lost:
             return
         incident = self._death_record(
-            WorkerCrashed, "inference worker", worker.proc, worker.crash_path, stalled=worker.stalled
+            WorkerCrashed, "inference worker", worker.proc, worker.crash_path, stalled=worker.stalled, why=worker.broken
         )
         jobs = self._jobs_of(worker)
         replay = [item for items in worker.in_flight.values() for item in items]
         self._queue.extendleft(reversed(replay))
-        self._fruitless = self._fruitless + 1 if worker.served == 0 else 1
-        if self._fruitless > MAX_FRUITLESS_RESTARTS:
-            self._model_failed(
-                {
-                    **incident,
-                    "message": incident["message"] + f"; it died {self._fruitless} times "
-                    "in a row before serving a batch, so dhgen stopped restarting it",
-                }
-            )
+        fruitless = self._fruitless.get(worker.index, 0) + 1 if worker.served == 0 else 1
+        self._fruitless[worker.index] = fruitless
+        if fruitless > MAX_FRUITLESS_RESTARTS:
+            self._incident(incident, jobs, worker=worker.index, action=f"{len(replay)} batches replayed")
+            self._lost[worker.index] = {
+                **incident,
+                "message": incident["message"] + f"; it died {fruitless} times in a row before serving a batch, "
+                "so dhgen stopped restarting it",
+                "worker": worker.index,
+                "device": worker.device,
+            }
+            self._settle_lost_workers()
             return
         self._incident(incident, jobs, worker=worker.index, action=f"worker replaced, {len(replay)} batches replayed")
         self._start_worker(worker.index, worker.device)
+
+    def _settle_lost_workers(self) -> None:
+        """Workers given up (`_lost`) cost only their GPU while another worker serves: each is told once, as an
+        incident, when one does. When every worker is given up, the model has failed (the first one's error)."""
+        if self._fatal is not None or not self._lost:
+            return
+        if any(w.ready and w.index not in self._lost for w in self._workers.values()):
+            for index, record in self._lost.items():
+                if index not in self._lost_told:
+                    self._lost_told.add(index)
+                    others = sum(1 for w in self._workers.values() if w.index not in self._lost)
+                    action = f"worker given up; {others} other worker(s) serve the run"
+                    self._emit(events.incident(record, worker=index, action=action))
+        elif all(w.index in self._lost for w in self._workers.values()):
+            self._model_failed(next(iter(self._lost.values())))
 
     def _job_process_died(self, process: _JobProcess) -> None:
         process.channel.wait_eof(1.0)
@@ -421,10 +449,13 @@ class Supervisor:
         _remove_partial(slot.job.output, process.proc.pid)
         self._attempt_failed(slot, record)
 
-    def _death_record(self, cls, what: str, proc, crash_path: Path, stalled: bool = False) -> dict:
+    def _death_record(self, cls, what: str, proc, crash_path: Path, stalled: bool = False, why=None) -> dict:
+        """The record of a child that died; `why`: the error record it sent before it ended itself, if any."""
         words, signame = describe_exit(proc.exitcode)
         if stalled:
             cls, words = Stalled, f"made no progress for {self.run_options.stall_timeout:g}s and was killed"
+        if why is not None:
+            words += f" because its CUDA context broke: {why['type']}: {why['message'].strip().splitlines()[0]}"
         record = cls(f"{what} (pid {proc.pid}) {words}").to_record()
         record.update({"pid": proc.pid, "exitcode": proc.exitcode, "signal": signame, "time": utc_now()})
         tail = crash_tail(crash_path)
@@ -543,14 +574,3 @@ def _remove_partial(output: Path, pid: int | None) -> None:
             temp_path_for(Path(output), pid).unlink(missing_ok=True)
         except OSError:  # e.g. the output's folder is a file: the job never got to write anything
             pass
-
-
-def visible_gpu_count() -> int:
-    """NVIDIA GPUs this process may use, without importing torch (CUDA_VISIBLE_DEVICES is honoured)."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
-    try:
-        return len([d for d in os.listdir("/proc/driver/nvidia/gpus")])
-    except OSError:
-        return 0
