@@ -90,7 +90,9 @@ def check_device(device: str, gpus: Gpus | None = None) -> None:
     hint = "use --device cpu, or --device auto to use a GPU when there is one"
     if gpus.count == 0:
         if gpus.hidden:
-            why = f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')!r} hides all {gpus.installed} GPU(s)"
+            why = (
+                f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')!r} hides all {gpus.installed} GPU(s)"
+            )
         else:
             why = gpus.problem or "the NVIDIA driver lists no GPU"
         raise UsageError(f"--device {device}: this machine has no usable CUDA device ({why})", hint=hint)

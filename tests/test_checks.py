@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from dhgen.checks import check_device, check_model, check_options, folder_problem
-from dhgen.gpus import Gpus
 from dhgen.errors import UsageError
+from dhgen.gpus import Gpus
 from dhgen.options import AvatarOptions, EncodeOptions, ModelOptions, RenderOptions, RunOptions
 
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from dhgen.errors import OutOfMemory, UsageError
 from dhgen.models import CropBatch
-from dhgen.models.torch_backend import TorchPredictor, resolve_device
+from dhgen.models.torch_backend import TorchPredictor, is_cuda_context_broken, is_cuda_oom, resolve_device
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without CUDA")
 gpu = pytest.mark.gpu
@@ -124,6 +124,64 @@ def test_cuda_matches_cpu():
     assert diff.max() <= 2 and diff.mean() < 0.05
 
 
+@no_cuda
 def test_auto_with_a_visible_gpu_falls_back_to_the_cpu_when_torch_cannot_use_it():
     # The supervisor asks for "auto:N" when it sees NVIDIA GPUs; a CPU build of torch must still render.
     assert resolve_device("auto:0") == "cpu"
+
+
+@gpu
+@needs_cuda
+def test_auto_n_is_that_gpu_when_torch_can_use_it():
+    assert resolve_device("auto:0") == "cuda:0"
+    assert resolve_device(f"auto:{torch.cuda.device_count()}") == "cpu"  # one more than torch sees
+
+
+def test_auto_n_follows_what_torch_can_use(monkeypatch):
+    """The same decisions as on a box whose torch sees two GPUs (torch's answers simulated)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [resolve_device(d) for d in ("auto", "auto:1", "auto:2", "cuda:1")] == ["cuda", "cuda:1", "cpu", "cuda:1"]
+    with pytest.raises(UsageError, match=r"only 2 CUDA device\(s\) exist"):
+        resolve_device("cuda:2")
+
+
+# --- CUDA errors by what they are, whatever torch calls them ------------------------------------------------------
+
+CUBLAS_CALL = "`cublasSgemm( handle, opa, opb, m, n, k, &alpha, a, lda, b, ldb, &beta, c, ldc)`"
+CUDA_ERRORS = [  # (what torch raises, out of memory, context broken)
+    (RuntimeError("CUDA error: an illegal memory access was encountered"), False, True),  # torch < 2.8
+    (RuntimeError(f"CUDA error: CUBLAS_STATUS_EXECUTION_FAILED when calling {CUBLAS_CALL}"), False, True),
+    (RuntimeError("cuDNN error: CUDNN_STATUS_EXECUTION_FAILED"), False, True),
+    (RuntimeError("CUDA driver error: unspecified launch failure"), False, True),
+    (RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"), True, False),
+    (RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"), True, False),
+    (RuntimeError("CUDA error: out of memory"), True, False),
+    (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), True, False),
+    (RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x3 and 5x6)"), False, False),
+    (ValueError("CUDA error: not from CUDA at all"), False, False),
+]
+
+
+@pytest.mark.parametrize("torch_version", ["2.8 and later", "before 2.8"])
+@pytest.mark.parametrize(
+    ("exc", "oom", "broken"), CUDA_ERRORS, ids=lambda v: str(v)[:40] if isinstance(v, Exception) else None
+)
+def test_cuda_errors_are_typed_by_what_they_are(exc, oom, broken, torch_version, monkeypatch):
+    if torch_version == "before 2.8":
+        monkeypatch.delattr(torch, "AcceleratorError")
+    assert (is_cuda_oom(exc), is_cuda_context_broken(exc)) == (oom, broken)
+
+
+def test_an_accelerator_error_breaks_the_context_unless_it_is_out_of_memory():
+    assert is_cuda_context_broken(torch.AcceleratorError("CUDA error: misaligned address"))
+    assert not is_cuda_context_broken(torch.AcceleratorError("CUDA error: out of memory"))
+
+
+def test_a_cublas_allocation_failure_surfaces_as_out_of_memory(predictor, monkeypatch):
+    def forward(self, crops, refs, cond):
+        raise RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`")
+
+    monkeypatch.setattr(Blend, "forward", forward)
+    with pytest.raises(OutOfMemory, match="batch of 3"):
+        predictor.predict(crop_batch(3))

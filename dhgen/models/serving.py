@@ -10,9 +10,9 @@ Test hook: DHGEN_TEST_FAULT=raise makes every forward raise; DHGEN_TEST_FAULT=oo
 for forward passes larger than N crops; DHGEN_TEST_FAULT=broken_cuda_once:PATH raises a CUDA error that breaks
 the context (what this torch raises for one: `torch.AcceleratorError`, or a plain RuntimeError before torch 2.8)
 in the first forward of the first process to get there (it creates PATH; later processes find it and run
-normally); DHGEN_TEST_FAULT=load_fails_once:PATH makes the first process to get there fail to load the model
-with the CUDA error of a GPU that another process holds. Tests use it for faults that real signals cannot
-produce.
+normally); DHGEN_TEST_FAULT=load_fails_once:PATH makes the first process to get there fail to load the model as
+on a GPU that another process holds (the ModelLoadError that CUDA error becomes). Tests use it for faults that
+real signals cannot produce.
 
 A process whose CUDA context is broken (`context_broken`) ends itself, so that it is replaced instead of failing
 every batch from now on.
@@ -182,8 +182,8 @@ def load_model(options: ModelOptions) -> Predictor:
     """The predictor for `options.name` on its resolved device and precision (see `resolve_device`)."""
     family = get_family(options.name)
     device = resolve_device(options)
+    _inject_load_fault(family.name, device)
     try:
-        _inject_load_fault()
         predictor = family.load(options.checkpoint, device, resolve_dtype(options.precision, device))
     except Exception as exc:
         if _is_cuda_oom(exc):
@@ -203,12 +203,14 @@ DEVICE_LOAD_HINT = (
 )
 
 
-def _inject_load_fault() -> None:
+def _inject_load_fault(name: str, device: str) -> None:
     fault = os.environ.get("DHGEN_TEST_FAULT", "")
     if fault.startswith("load_fails_once:") and _first_to_create(fault.partition(":")[2]):
-        from dhgen.models.torch_backend import cuda_error
-
-        raise cuda_error("CUDA-capable device(s) is/are busy or unavailable (injected: DHGEN_TEST_FAULT)")
+        raise ModelLoadError(
+            f"cannot load {name} on {device}: CUDA error: CUDA-capable device(s) is/are busy or unavailable "
+            "(injected: DHGEN_TEST_FAULT)",
+            hint=DEVICE_LOAD_HINT,
+        )
 
 
 def load_for_serving(options: ModelOptions, threads: int | None = None) -> CheckedPredictor:

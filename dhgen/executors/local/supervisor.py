@@ -14,8 +14,9 @@ Liveness comes from process sentinels, never from a receive that timed out. A ch
 code, signal, the tail of its crash file, and the CUDA error of a worker whose CUDA context broke). A dead worker
 is replaced and the batches it held are replayed, so jobs go on; a dead job process costs its job one attempt.
 A worker that cannot load the model, or keeps dying before it serves, is given up (its GPU is lost, not the run)
-while another serves; when none is left, the model has failed and every waiting batch fails with its error. Stalls are judged from progress counters. Retries
-are decided by the error's type. Pipes of a dead child are closed, never reused.
+while another serves; when none is left, the model has failed and every waiting batch fails with its error.
+Stalls are judged from progress counters. Retries are decided by the error's type. Pipes of a dead child are
+closed, never reused.
 """
 
 from __future__ import annotations
