@@ -321,6 +321,10 @@ def test_an_actor_whose_cuda_context_breaks_ends_itself_and_is_replaced(
     assert death["error"]["type"] == "WorkerCrashed" and all(
         e["replacement_pid"] != death["error"]["pid"] for e in crashes
     )
+    cuda_error = "because its CUDA context broke: AcceleratorError: CUDA error: an illegal memory access"
+    for said in [death["error"], next(e for e in crashes if cuda_error in e["message"])]:  # the driver, the job
+        assert cuda_error in said["message"] and "in predict" in said["crash_tail"]
+        assert said["crash_tail"].endswith("an illegal memory access was encountered (injected: DHGEN_TEST_FAULT)")
     for r in summary.records:
         assert frame_digests(Path(r.output)) == local_digests["short"]
 

@@ -151,6 +151,14 @@ def context_broken(exc: BaseException) -> bool:
     return is_cuda_context_broken(exc)
 
 
+def broken_context_words(record: dict) -> str:
+    """How the death of a process that ended itself for a broken CUDA context is explained, from the error record
+    it left (`failure_record` of the CUDA error): "because its CUDA context broke: AcceleratorError: CUDA error:
+    ..."."""
+    lines = str(record.get("message", "")).strip().splitlines() or ["(no message)"]
+    return f"because its CUDA context broke: {record.get('type', 'error')}: {lines[0]}"
+
+
 def _is_cuda_oom(exc: BaseException) -> bool:
     if "torch" not in sys.modules:
         return False

@@ -62,6 +62,7 @@ from dhgen.gpus import visible_gpu_count
 from dhgen.liveness import PROGRESS_EVERY_S, AttemptProgress, Limits
 from dhgen.manifest import Job
 from dhgen.models import get_family
+from dhgen.models.serving import broken_context_words
 from dhgen.options import RenderOptions, RunOptions, job_options
 from dhgen.results import JobRecord, fill_outcome, new_record, note_served, utc_now
 from dhgen.retry import RetryPolicy
@@ -456,7 +457,7 @@ class Supervisor:
         if stalled:
             cls, words = Stalled, f"made no progress for {self.run_options.stall_timeout:g}s and was killed"
         if why is not None:
-            words += f" because its CUDA context broke: {why['type']}: {why['message'].strip().splitlines()[0]}"
+            words += " " + broken_context_words(why)
         record = cls(f"{what} (pid {proc.pid}) {words}").to_record()
         record.update({"pid": proc.pid, "exitcode": proc.exitcode, "signal": signame, "time": utc_now()})
         tail = crash_tail(crash_path)

@@ -34,6 +34,7 @@ from dhgen.errors import WorkerCrashed, error_from_record, failure_record
 from dhgen.executors.shares import limit_threads
 from dhgen.manifest import Job
 from dhgen.models import CropBatch, PatchBatch
+from dhgen.models.serving import broken_context_words
 from dhgen.options import RenderOptions, default_cache_dir
 from dhgen.results import utc_now
 from dhgen.writer import output_error
@@ -122,8 +123,10 @@ class ActorInference:
 
     When the actor's process dies Ray restarts it; every batch still out is then sent again to the restarted
     actor (replayed, in order), and the job reports WorkerCrashed once per replacement (an answer from another
-    pid). If the actor does not come back within `actor_patience_s`, or the driver gave up on it, the attempt
-    fails with WorkerCrashed (retryable: the driver re-runs the job where an actor works).
+    pid). An actor whose CUDA context broke answers {"broken": record} until it ends itself: the same replay, and
+    the incident names the CUDA error. If the actor does not come back within `actor_patience_s`, or the driver
+    gave up on it, the attempt fails with WorkerCrashed (retryable: the driver re-runs the job where an actor
+    works).
     """
 
     def __init__(self, actor, report, spec: TaskSpec) -> None:
@@ -132,6 +135,7 @@ class ActorInference:
         self._next = 0
         self._pid: int | None = None  # the actor process that answered last
         self._replayed = 0  # batches sent again since the last answer
+        self._broken: dict | None = None  # why the actor process that answered last is ending, if it said
 
     def submit(self, batch: CropBatch) -> int:
         self._next += 1
@@ -144,7 +148,6 @@ class ActorInference:
         while True:
             try:
                 answer = ray.get(self._out[ticket][1])
-                break
             except (rex.ActorDiedError, rex.ActorUnschedulableError) as exc:  # for good: given up on, or no node
                 raise WorkerCrashed(
                     f"the inference actor of job {self._spec.job.id} is gone: {_first_line(exc)}"
@@ -152,6 +155,12 @@ class ActorInference:
             except rex.RayActorError:  # its process died (Ray restarts it) or it is unreachable for now
                 deadline = deadline or time.monotonic() + self._spec.actor_patience_s
                 self._replay(deadline)
+                continue
+            if "broken" not in answer:
+                break
+            self._pid, self._broken = answer["pid"], answer["broken"]  # it is ending; Ray restarts it
+            deadline = deadline or time.monotonic() + self._spec.actor_patience_s
+            self._replay(deadline)
         del self._out[ticket]
         self._report(("waiting", False))
         self._note(answer["pid"])
@@ -172,13 +181,16 @@ class ActorInference:
 
     def _note(self, pid: int) -> None:
         if self._replayed and pid != self._pid:
+            why = f" {broken_context_words(self._broken)}" if self._broken else ""
             error = WorkerCrashed(
-                f"the inference actor (pid {self._pid or '?'}) serving job {self._spec.job.id} died; "
+                f"the inference actor (pid {self._pid or '?'}) serving job {self._spec.job.id} died{why}; "
                 f"its replacement (pid {pid}) got the job's {self._replayed} outstanding batch(es) again"
             )
             record = {**error.to_record(), "pid": self._pid, "replacement_pid": pid, "replayed": self._replayed}
+            if self._broken:
+                record["crash_tail"] = self._broken["crash_tail"]
             self._report(("incident", {**record, "time": utc_now()}))
-        self._pid, self._replayed = pid, 0
+        self._pid, self._replayed, self._broken = pid, 0, None
 
 
 def _render(job: Job, options: RenderOptions, inference: ActorInference, messages: queue.SimpleQueue) -> None:
