@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,31 @@ def cuda_visible(spec: str | None, uuids: list[str]) -> list[int | str]:
             return []
         chosen.append(index)
     return chosen
+
+
+def least_busy_gpu(gpus: int, in_use: Iterable[int | None]) -> int | None:
+    """Of `gpus` GPUs, the one the fewest running encoders use (`in_use`: each one's GPU, None for the default):
+    where the next NVENC session opens. None with fewer than two GPUs (the default is the only one)."""
+    if gpus < 2:
+        return None
+    busy = [0] * gpus
+    for gpu in in_use:
+        if gpu is not None and gpu < gpus:
+            busy[gpu] += 1
+    return busy.index(min(busy))
+
+
+def cuda_index(ray_gpu_ids: tuple | list, visible: str | None) -> int | None:
+    """The CUDA device index, in a process whose CUDA_VISIBLE_DEVICES is `visible`, of the first GPU Ray gave an
+    actor (`ray.get_gpu_ids()`: the node's own ids, as listed in its raylet's CUDA_VISIBLE_DEVICES, else 0..N-1);
+    None when there is none or it is not visible there."""
+    if not ray_gpu_ids:
+        return None
+    gpu = str(ray_gpu_ids[0])
+    if visible is None:
+        return int(gpu) if gpu.isdigit() else None
+    entries = [e.strip() for e in visible.split(",")]
+    return entries.index(gpu) if gpu in entries else None
 
 
 def _named(entry: str, uuids: list[str]) -> int | str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dhgen.executors.local import Supervisor
-from dhgen.gpus import cuda_visible, visible_gpus
+from dhgen.gpus import cuda_index, cuda_visible, least_busy_gpu, visible_gpus
 from dhgen.options import ModelOptions, RenderOptions, RunOptions
 
 UUIDS = ["GPU-8f6c0001", "GPU-8f6c0002", "GPU-1234abcd"]
@@ -60,3 +60,23 @@ def test_one_inference_worker_per_gpu_that_cuda_will_see(monkeypatch, fake_gpus)
     assert _worker_devices("auto") == ["auto:0", "auto:1"]
     fake_gpus(None)  # no NVIDIA driver: one CPU worker
     assert _worker_devices("auto") == ["cpu"]
+
+
+@pytest.mark.parametrize(
+    ("ray_ids", "visible", "index"),
+    [
+        (("1",), None, 1),  # the raylet saw every GPU: Ray's id is CUDA's index
+        (("3",), "2,3", 1),  # the raylet was started with CUDA_VISIBLE_DEVICES=2,3
+        (("3",), "", None),  # hidden from this process
+        ((), None, None),  # a CPU actor
+    ],
+)
+def test_the_actors_gpu_as_a_job_on_its_node_numbers_it(ray_ids, visible, index):
+    assert cuda_index(ray_ids, visible) == index
+
+
+def test_nvenc_sessions_go_to_the_least_busy_gpu():
+    assert least_busy_gpu(1, [0, 0]) is None  # one GPU: NVENC's default
+    assert least_busy_gpu(3, []) == 0
+    assert least_busy_gpu(3, [0, 0, 1, None]) == 2
+    assert least_busy_gpu(2, [0, 1, 1]) == 0

@@ -436,3 +436,43 @@ def test_without_an_address_a_private_ray_on_127_0_0_1_runs_the_batch_and_is_gon
     assert frame_digests(tmp_path / "o.mp4")
     assert seen and all(a in ("127.0.0.1", "[::ffff:127.0.0.1]") for addresses in seen.values() for a in addresses)
     _wait_until(lambda: not any(alive(pid) for pid in seen), 15, "the private Ray to stop")
+
+
+# --- the encoder of a job is decided on its node ----------------------------------------------------------------
+
+
+def _spec(encode: EncodeOptions, gpu_ids: tuple = ()):
+    from dhgen.executors.raycluster.jobtask import TaskSpec
+
+    job = Job("j", SHORT_AUDIO, AVATAR, Path("j.mp4"))
+    return TaskSpec(job, RenderOptions(encode=encode), "run", 1, 1, False, 10.0, gpu_ids=gpu_ids)
+
+
+def test_a_job_encodes_with_what_opens_on_its_node_not_on_the_driver():
+    """The driver (a GPU box) took NVENC for `auto`; this node, without NVENC, takes x264, and says why."""
+    from dhgen.encoders import ResolvedEncoder, probe, with_encoder
+    from dhgen.executors.raycluster.jobtask import _node_options
+
+    if probe("h264_nvenc") is None:
+        pytest.skip("NVENC opens on this machine")
+    on_driver = with_encoder(EncodeOptions(), ResolvedEncoder("h264_nvenc", "h264", "auto: h264_nvenc opens here"))
+    encode = _node_options(_spec(on_driver, gpu_ids=("0",))).encode
+    assert encode.encoder == "libx264" and encode.gpu is None
+    assert encode.encoder_reason.startswith("auto: h264_nvenc does not open here (")
+
+
+def test_a_job_task_on_a_gpu_node_is_not_hidden_the_nodes_gpus(ray_cluster):
+    """A task that asks for no GPU gets CUDA_VISIBLE_DEVICES="" from Ray (before Ray 2.4x, or with the override
+    below): NVENC could not open. Job tasks on GPU nodes run with SEES_GPUS, and keep the node's GPUs."""
+    import ray
+
+    from dhgen.executors.raycluster.executor import SEES_GPUS
+
+    def cuda_visible_devices():  # defined here: Ray ships it by value (tests are not importable on the nodes)
+        return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+    old_ray = {"RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1"}
+    task = ray.remote(cuda_visible_devices)
+    hidden = task.options(num_cpus=0, runtime_env={"env_vars": old_ray}).remote()
+    seen = task.options(num_cpus=0, runtime_env={"env_vars": {**old_ray, **SEES_GPUS["env_vars"]}}).remote()
+    assert ray.get(hidden, timeout=60) == "" and ray.get(seen, timeout=60) != ""

@@ -36,6 +36,7 @@ from multiprocessing.connection import wait
 from pathlib import Path
 
 from dhgen import events
+from dhgen.encoders import family, on_gpu
 from dhgen.errors import (
     JobProcessCrashed,
     OutOfMemory,
@@ -58,7 +59,7 @@ from dhgen.executors.local.workerproc import worker_main
 from dhgen.executors.shares import job_threads, worker_threads
 from dhgen.executors.slots import JobSlot, retrying
 from dhgen.executors.stopping import StopSignals
-from dhgen.gpus import visible_gpu_count
+from dhgen.gpus import least_busy_gpu, visible_gpu_count
 from dhgen.liveness import PROGRESS_EVERY_S, AttemptProgress, Limits
 from dhgen.manifest import Job
 from dhgen.models import get_family
@@ -105,6 +106,7 @@ class _Attempt:
     progress: AttemptProgress
     outstanding: set = field(default_factory=set)
     ended_as: dict | None = None  # set when the supervisor killed it (stall, timeout)
+    gpu: int | None = None  # the GPU its NVENC session is on
 
     @property
     def proc(self) -> mp.process.BaseProcess:
@@ -161,6 +163,7 @@ class Supervisor:
         self._fruitless: dict[int, int] = {}  # worker index -> its deaths in a row before serving anything
         self._lost: dict[int, dict] = {}  # worker index -> why it was given up (not replaced)
         self._lost_told: set[int] = set()  # given-up workers whose incident was emitted
+        self._nvenc_gpus = visible_gpu_count() if family(self.options.encode.encoder) == "nvenc" else 0
         self._stop = StopSignals(self._kill_children_now)
         self._stop.__enter__()
         try:
@@ -246,9 +249,12 @@ class Supervisor:
         slot.begin_attempt(time.monotonic())
         process = self._idle_job_process() or self._spawn_job_process()
         process.slot = slot
-        process.channel.send(("job", slot.job, job_options(self.options, slot.job, slot.record.errors)))
+        options = job_options(self.options, slot.job, slot.record.errors)
+        gpu = least_busy_gpu(self._nvenc_gpus, (s.running.gpu for s in self._slots.values() if s.running))
+        options = dataclasses.replace(options, encode=on_gpu(options.encode, gpu))  # spread NVENC sessions
+        process.channel.send(("job", slot.job, options))
         now = time.monotonic()
-        slot.running = _Attempt(process, AttemptProgress(started=now, last_activity=now))
+        slot.running = _Attempt(process, AttemptProgress(started=now, last_activity=now), gpu=options.encode.gpu)
         self._emit(events.job_started(slot.job.id, slot.attempt_no, process.proc.pid))
 
     def _idle_job_process(self) -> _JobProcess | None:

@@ -44,6 +44,9 @@ TICK_S = 0.25  # how often timers are checked when nothing arrives
 CANCEL_GRACE_S = 10.0  # after a forced cancel, how long an attempt's stream may take to end before it is dropped
 STOP_GRACE_S = 3.0  # at the end of a run: for cancelled tasks to end, then for the nodes' clean-up
 TASK_OPTIONS = {"num_returns": "streaming", "max_retries": 0, "num_cpus": 1}  # Ray never re-runs a job itself
+# A job on a GPU node asks for no GPU (its actor holds them) but encodes with NVENC on its actor's: Ray must not hide
+# the node's GPUs from it (older Ray sets CUDA_VISIBLE_DEVICES="" for a task without GPUs).
+SEES_GPUS = {"env_vars": {"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"}}
 
 
 @dataclass(eq=False)
@@ -235,9 +238,11 @@ class RayExecutor:
             threads=self._pool.job_threads(actor),
             shared_fs=self.run_options.ray_shared_fs,
             actor_patience_s=self._limits.allowance(False),
+            gpu_ids=actor.gpu_ids,
         )
         strategy = NodeAffinitySchedulingStrategy(actor.node.node_id, soft=False)
-        stream = self._task.options(**TASK_OPTIONS, scheduling_strategy=strategy).remote(
+        gpu_node = {"runtime_env": SEES_GPUS} if actor.gpu else {}
+        stream = self._task.options(**TASK_OPTIONS, **gpu_node, scheduling_strategy=strategy).remote(
             spec, audio, avatar, actor.handle
         )
         slot.running = _Attempt(stream, actor, AttemptProgress(started=now, last_activity=now))

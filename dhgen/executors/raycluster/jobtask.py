@@ -30,8 +30,10 @@ from pathlib import Path
 import ray
 import ray.exceptions as rex
 
+from dhgen.encoders import on_gpu, resolve_here
 from dhgen.errors import WorkerCrashed, error_from_record, failure_record
 from dhgen.executors.shares import limit_threads
+from dhgen.gpus import cuda_index
 from dhgen.manifest import Job
 from dhgen.models import CropBatch, PatchBatch
 from dhgen.models.serving import broken_context_words
@@ -54,6 +56,7 @@ class TaskSpec:
     threads: int  # this job's share of the node's cores
     shared_fs: bool
     actor_patience_s: float  # how long to wait for a restarted actor before the attempt fails
+    gpu_ids: tuple = ()  # the node's GPU(s) of the job's inference actor (Ray's ids): NVENC encodes there
 
 
 def run_job(spec: TaskSpec, audio: bytes | None, avatar: bytes | None, actor) -> Iterator[tuple]:
@@ -205,9 +208,11 @@ def _render(job: Job, options: RenderOptions, inference: ActorInference, message
 
 
 def _node_options(spec: TaskSpec) -> RenderOptions:
-    """The job's options on this node: its share of threads, and this node's face cache."""
+    """The job's options on this node: its share of threads, this node's face cache, and the encoder `auto` takes
+    here (NVENC where it opens on this node, on its actor's GPU)."""
     options = spec.options
-    encode = options.encode
+    gpu = cuda_index(spec.gpu_ids, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    encode = on_gpu(resolve_here(options.encode), gpu)
     if encode.threads == 0:
         encode = dataclasses.replace(encode, threads=spec.threads)
     face = dataclasses.replace(options.face, cache_dir=default_cache_dir())
