@@ -4,7 +4,8 @@
 `forward(crops, refs, cond) -> (patches, alphas)` takes uint8 (B, S, S, 3) BGR crops and refs and the float32
 conditioning as tensors on the device, and returns uint8 (B, S, S, 3) BGR patches and uint8 (B or 1, S, S)
 alphas (see `dhgen.models.CropBatch` / `PatchBatch`). It owns everything around the forward: host/device copies,
-`torch.inference_mode`, fp16 autocast on CUDA, and turning a CUDA out-of-memory error into `OutOfMemory`.
+`torch.inference_mode`, fp16 autocast on CUDA (for eager modules), and turning a CUDA out-of-memory error into
+`OutOfMemory`; `is_cuda_oom` / `is_cuda_context_broken` give CUDA errors their type.
 """
 
 from __future__ import annotations
@@ -95,13 +96,24 @@ def cuda_error(message: str) -> RuntimeError:
 
 
 class TorchPredictor:
-    """A family's module on one device: `predict(CropBatch) -> PatchBatch`, numpy in, numpy out."""
+    """A family's module on one device: `predict(CropBatch) -> PatchBatch`, numpy in, numpy out. `dtype` float16
+    runs it under fp16 autocast on CUDA, unless `autocast` is False (a module whose weights are already in the
+    precision it runs in, such as a TorchScript graph: PyTorch does not support autocast for those)."""
 
-    def __init__(self, name: str, crop_size: int, model: torch.nn.Module, device: str, dtype: str = "float32") -> None:
+    def __init__(
+        self,
+        name: str,
+        crop_size: int,
+        model: torch.nn.Module,
+        device: str,
+        dtype: str = "float32",
+        autocast: bool = True,
+    ) -> None:
         self.name, self.crop_size = name, crop_size
         self.model = model
         self._device = torch.device(device)
-        self.dtype = dtype if self._device.type == "cuda" else "float32"  # fp16 autocast on CUDA only
+        self.dtype = dtype if self._device.type == "cuda" else "float32"  # fp16 on CUDA only
+        self._autocast_fp16 = autocast and self.dtype == "float16"
 
     @property
     def device(self) -> str:
@@ -138,7 +150,7 @@ class TorchPredictor:
         return [t.to(self._device, non_blocking=non_blocking) for t in tensors]
 
     def _autocast(self):
-        if self.dtype == "float16":
+        if self._autocast_fp16:
             return torch.autocast("cuda", dtype=torch.float16)
         return contextlib.nullcontext()
 
