@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from dhgen.errors import OutOfMemory, UsageError
-from dhgen.models import CropBatch
+from dhgen.models import CropBatch, torch_backend
 from dhgen.models.torch_backend import TorchPredictor, is_cuda_context_broken, is_cuda_oom, resolve_device
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without CUDA")
@@ -139,6 +139,7 @@ def test_auto_n_is_that_gpu_when_torch_can_use_it():
 
 def test_auto_n_follows_what_torch_can_use(monkeypatch):
     """The same decisions as on a box whose torch sees two GPUs (torch's answers simulated)."""
+    monkeypatch.setattr(torch_backend, "deterministic_cuda", lambda: None)  # not this process's torch settings
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert [resolve_device(d) for d in ("auto", "auto:1", "auto:2", "cuda:1")] == ["cuda", "cuda:1", "cpu", "cuda:1"]
@@ -185,3 +186,23 @@ def test_a_cublas_allocation_failure_surfaces_as_out_of_memory(predictor, monkey
     monkeypatch.setattr(Blend, "forward", forward)
     with pytest.raises(OutOfMemory, match="batch of 3"):
         predictor.predict(crop_batch(3))
+
+
+@gpu
+@needs_cuda
+def test_a_crops_patch_on_cuda_does_not_depend_on_what_else_is_in_its_batch():
+    """Batches merge crops of several jobs as they come (timing): the same crop must get the same patch, so that a
+    job's frames digest the same from run to run (`--resume --verify`)."""
+    from dhgen.models.serving import AdaptivePredictor
+    from dhgen.models.wav2lip.network import Wav2Lip, Wav2LipModel
+
+    torch.manual_seed(0)
+    model = Wav2LipModel(Wav2Lip().eval()).cuda()
+    predictor = AdaptivePredictor(TorchPredictor("wav2lip", S, model, resolve_device("cuda"), "float16"), 16, None)
+    rng = np.random.default_rng(0)
+    crops = rng.integers(0, 256, (12, S, S, 3), dtype=np.uint8)
+    cond = rng.uniform(-4, 4, (12, 80, 16)).astype(np.float32)
+    every = predictor.predict(CropBatch(crops, crops, cond)).patches
+    for rows in ([0, 1, 2], [5, 0, 7, 1, 2], [0], list(range(12))[::-1]):
+        alone = predictor.predict(CropBatch(crops[rows], crops[rows], cond[rows])).patches
+        np.testing.assert_array_equal(alone, every[rows])

@@ -39,15 +39,21 @@ BACKEND_DEVICES = {"torch": "dhgen.models.torch_backend", "onnxruntime": "dhgen.
 
 
 class AdaptivePredictor:
-    """Runs a batch in slices of `limit` crops; halves `limit` and retries on OutOfMemory."""
+    """Runs a batch in slices of `limit` crops; halves `limit` and retries on OutOfMemory.
+
+    On a GPU every slice is padded to `limit` crops (copies of its last one; their answers are dropped): libraries
+    such as cuDNN choose their algorithm by the input's shape, so a crop's patch could change by one level with
+    the number of crops that happened to be merged with it (which depends on timing). One shape per run keeps the
+    frames, and their digest, the same from run to run (README, "Reproducible digests")."""
 
     def __init__(self, predictor, limit: int, on_oom) -> None:
         self.predictor, self.limit, self.on_oom = predictor, limit, on_oom
+        self.pad = str(getattr(predictor, "device", "cpu")).startswith("cuda")
 
     def predict(self, batch: CropBatch) -> PatchBatch:
         while True:
             try:
-                parts = [self.predictor.predict(self._slice(batch, i)) for i in range(0, len(batch), self.limit)]
+                parts = [self._predict(self._slice(batch, i)) for i in range(0, len(batch), self.limit)]
                 return concat_patches(parts)
             except OutOfMemory as exc:
                 if self.limit <= 1:
@@ -61,6 +67,21 @@ class AdaptivePredictor:
     def _slice(self, batch: CropBatch, start: int) -> CropBatch:
         end = start + self.limit
         return CropBatch(batch.crops[start:end], batch.refs[start:end], batch.cond[start:end])
+
+    def _predict(self, batch: CropBatch) -> PatchBatch:
+        n = len(batch)
+        if not self.pad or n == self.limit or n == 0:
+            return self.predictor.predict(batch)
+        more = self.limit - n
+        padded = CropBatch(*(_pad(np.asarray(a), more) for a in (batch.crops, batch.refs, batch.cond)))
+        answer = self.predictor.predict(padded)
+        alphas = answer.alphas if len(answer.alphas) == 1 else answer.alphas[:n]
+        return PatchBatch(answer.patches[:n], alphas)
+
+
+def _pad(rows: np.ndarray, more: int) -> np.ndarray:
+    """`rows` with `more` copies of its last row after them."""
+    return np.concatenate([rows, np.repeat(rows[-1:], more, axis=0)])
 
 
 class CheckedPredictor:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 
 import numpy as np
 import torch
@@ -26,7 +27,25 @@ DEVICE_HINT = "use --device cpu, or --device auto to pick a GPU when there is on
 
 def resolve_device(name: str) -> str:
     """`auto` -> `cuda` when CUDA is available, else `cpu`; `auto:N` -> `cuda:N` when that GPU is usable, else
-    `cpu` (a GPU box whose torch is a CPU build still renders); `cpu`, `cuda`, `cuda:N` are checked and returned."""
+    `cpu` (a GPU box whose torch is a CPU build still renders); `cpu`, `cuda`, `cuda:N` are checked and returned.
+    A process that will use CUDA is made deterministic first (`deterministic_cuda`)."""
+    device = _resolve(name)
+    if device.startswith("cuda"):
+        deterministic_cuda()
+    return device
+
+
+def deterministic_cuda() -> None:
+    """The same inputs give the same patches on this GPU, run after run: cuDNN picks its algorithms by a fixed rule
+    rather than by timing them (`benchmark` off) and only deterministic ones, as does every torch op that has a
+    choice. cuBLAS needs its workspace fixed for that, before its first call in the process (the variable)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _resolve(name: str) -> str:
     name = name.strip().lower()
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
