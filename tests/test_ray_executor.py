@@ -466,7 +466,7 @@ def test_a_job_task_on_a_gpu_node_is_not_hidden_the_nodes_gpus(ray_cluster):
     below): NVENC could not open. Job tasks on GPU nodes run with SEES_GPUS, and keep the node's GPUs."""
     import ray
 
-    from dhgen.executors.raycluster.executor import SEES_GPUS
+    from dhgen.executors.raycluster.cluster import SEES_GPUS
 
     def cuda_visible_devices():  # defined here: Ray ships it by value (tests are not importable on the nodes)
         return os.environ.get("CUDA_VISIBLE_DEVICES")

@@ -24,7 +24,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from dhgen import events
 from dhgen.errors import DhgenError, JobProcessCrashed, MissingInputError, UsageError, reason
 from dhgen.events import EventFn
-from dhgen.executors.raycluster.cluster import Connection
+from dhgen.executors.raycluster.cluster import SEES_GPUS, Connection
 from dhgen.executors.raycluster.failures import job_failure, node_lost
 from dhgen.executors.raycluster.jobtask import TaskSpec, remove_work_folder, run_job
 from dhgen.executors.raycluster.pool import Actor, Node, Pool
@@ -44,9 +44,6 @@ TICK_S = 0.25  # how often timers are checked when nothing arrives
 CANCEL_GRACE_S = 10.0  # after a forced cancel, how long an attempt's stream may take to end before it is dropped
 STOP_GRACE_S = 3.0  # at the end of a run: for cancelled tasks to end, then for the nodes' clean-up
 TASK_OPTIONS = {"num_returns": "streaming", "max_retries": 0, "num_cpus": 1}  # Ray never re-runs a job itself
-# A job on a GPU node asks for no GPU (its actor holds them) but encodes with NVENC on its actor's: Ray must not hide
-# the node's GPUs from it (older Ray sets CUDA_VISIBLE_DEVICES="" for a task without GPUs).
-SEES_GPUS = {"env_vars": {"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"}}
 
 
 @dataclass(eq=False)
@@ -241,7 +238,7 @@ class RayExecutor:
             gpu_ids=actor.gpu_ids,
         )
         strategy = NodeAffinitySchedulingStrategy(actor.node.node_id, soft=False)
-        gpu_node = {"runtime_env": SEES_GPUS} if actor.gpu else {}
+        gpu_node = {"runtime_env": SEES_GPUS} if actor.gpu else {}  # its NVENC runs on the actor's GPU
         stream = self._task.options(**TASK_OPTIONS, **gpu_node, scheduling_strategy=strategy).remote(
             spec, audio, avatar, actor.handle
         )
