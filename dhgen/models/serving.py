@@ -44,7 +44,7 @@ class AdaptivePredictor:
     On a GPU every slice is padded to `limit` crops (copies of its last one; their answers are dropped): libraries
     such as cuDNN choose their algorithm by the input's shape, so a crop's patch could change by one level with
     the number of crops that happened to be merged with it (which depends on timing). One shape per run keeps the
-    frames, and their digest, the same from run to run (README, "Reproducible digests")."""
+    frames, and their digest, the same from run to run (README, "Reproducible digests on a GPU")."""
 
     def __init__(self, predictor, limit: int, on_oom) -> None:
         self.predictor, self.limit, self.on_oom = predictor, limit, on_oom

@@ -163,6 +163,7 @@ class Supervisor:
         self._fruitless: dict[int, int] = {}  # worker index -> its deaths in a row before serving anything
         self._lost: dict[int, dict] = {}  # worker index -> why it was given up (not replaced)
         self._lost_told: set[int] = set()  # given-up workers whose incident was emitted
+        self._devices: dict[int, str] = {}  # worker index -> its device
         self._nvenc_gpus = visible_gpu_count() if family(self.options.encode.encoder) == "nvenc" else 0
         self._stop = StopSignals(self._kill_children_now)
         self._stop.__enter__()
@@ -229,6 +230,7 @@ class Supervisor:
         return proc, Channel(key, parent_end, self._inbox), crash_path
 
     def _start_worker(self, index: int, device: str) -> None:
+        self._devices[index] = device
         options = dataclasses.replace(self.options.model, device=device)
         proc, channel, crash_path = self._spawn("worker", index, worker_main, (options,), self._threads(device))
         now = time.monotonic()
@@ -334,7 +336,7 @@ class Supervisor:
         elif kind == "broken":
             worker.broken = message[1]
         elif kind == "fatal":
-            self._lost[worker.index] = {**message[1], "worker": worker.index, "device": worker.device}
+            self._lost[worker.index] = message[1]
             self._settle_lost_workers()
 
     def _deliver(self, item: _Item, message) -> None:
@@ -416,8 +418,6 @@ class Supervisor:
                 **incident,
                 "message": incident["message"] + f"; it died {fruitless} times in a row before serving a batch, "
                 "so dhgen stopped restarting it",
-                "worker": worker.index,
-                "device": worker.device,
             }
             self._settle_lost_workers()
             return
@@ -435,7 +435,7 @@ class Supervisor:
                     self._lost_told.add(index)
                     others = sum(1 for w in self._workers.values() if w.index not in self._lost)
                     action = f"worker given up; {others} other worker(s) serve the run"
-                    self._emit(events.incident(record, worker=index, action=action))
+                    self._emit(events.incident(record, worker=index, device=self._devices[index], action=action))
         elif all(w.index in self._lost for w in self._workers.values()):
             self._model_failed(next(iter(self._lost.values())))
 
