@@ -398,9 +398,8 @@ def random_crop_batch(name: str, batch: int, predictor=None, seed: int = 0):
 
 def model_fps(predictor, name: str, batch: int, seconds: float = 2.0, forward_only: bool = False) -> float:
     """Frames/s of a loaded dhgen predictor at `batch`: `predict()` (numpy in and out, host<->device copies
-    included), or with `forward_only` the model's forward on tensors already on the device (fp16 autocast on
-    CUDA, as `Predictor` runs it). A numpy model (no tensors, no device) has only `predict()`."""
-    import contextlib
+    included), or with `forward_only` the model's forward on tensors already on the device (in the predictor's
+    precision, as `Predictor` runs it). A numpy model (no tensors, no device) has only `predict()`."""
 
     cb = random_crop_batch(name, batch, predictor)
     if not hasattr(predictor, "model"):
@@ -413,8 +412,7 @@ def model_fps(predictor, name: str, batch: int, seconds: float = 2.0, forward_on
         tensors = [torch.from_numpy(a).to(device) for a in (cb.crops, cb.refs, cb.cond)]
 
         def step():
-            autocast = torch.autocast("cuda", dtype=torch.float16) if cuda else contextlib.nullcontext()
-            with torch.inference_mode(), autocast:
+            with torch.inference_mode(), predictor._autocast():  # the predictor's own precision
                 predictor.model(*tensors)
     else:
 

@@ -1,16 +1,18 @@
 """GPU benchmark (issue 5): the model's speed, the encoder's ceiling, and how close dhgen gets to that ceiling.
 
-Run on a bare GPU box from a checkout, without installing dhgen (torch, numpy, opencv-python-headless, rich,
-typer and tqdm present; PyAV from a carried wheel when it is missing):
+Run on a bare GPU box from a checkout (torch present): whatever else dhgen needs that is missing there (its
+pyproject dependencies, and dhgen's own registration: the model families are entry points) is installed first
+from a wheelhouse carried with the checkout, without a network (`benchmarks/wheelhouse.sh` fills `.whl/`):
 
-    PYTHONPATH=. python benchmarks/gpu.py --out bench-results/gpu.txt [--av-wheel av-*.whl]
+    PYTHONPATH=. python benchmarks/gpu.py --out bench-results/gpu.txt [--wheelhouse .whl]
     PYTHONPATH=. python benchmarks/gpu.py --smoke --out /tmp/gpu-smoke.txt     # CPU, tiny sizes: it runs end to end
 
 One run, under 5 minutes with the defaults, measures:
 1. model only: frames/s of wav2lip (random weights) and mouthwarp at batch 32 / 128 / 512 with fp16 autocast,
    as the forward alone (tensors on the GPU) and through `Predictor.predict` (numpy in and out, copies included);
-2. the ceiling: aggregate frames/s of N concurrent transcode-only writers (decode the avatar, encode libx264
-   veryfast crf 20 + AAC through dhgen.writer.VideoWriter) at 720p and 1080p;
+2. the ceiling: aggregate frames/s of N concurrent transcode-only writers (decode the avatar, encode with the
+   encoder `--encoder auto` takes on this box, veryfast crf 20, + AAC through dhgen.writer.VideoWriter) at 720p
+   and 1080p;
 3. dhgen: aggregate frames/s of `dhgen render --jobs N` over N jobs with --model wav2lip and with mouthwarp, and
    the ratio to the ceiling at the same size (target >= 0.85).
 The face cache is filled before the dhgen runs (a batch that starts cold detects once per avatar anyway).
@@ -19,14 +21,15 @@ The face cache is filled before the dhgen runs (a batch that starts cold detects
 from __future__ import annotations
 
 import argparse
-import glob
 import importlib
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
 import time
+from importlib import metadata
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -47,7 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batches", default=None, help="model batch sizes (default 32,128,512)")
     p.add_argument("--models", default="wav2lip,mouthwarp", help="models to run (default wav2lip,mouthwarp)")
     p.add_argument("--writer-threads", type=int, default=0, help="x264 threads per ceiling writer (0: x264 picks)")
-    p.add_argument("--av-wheel", default=None, help="PyAV wheel to pip-install when `import av` fails")
+    p.add_argument("--wheelhouse", type=Path, default=None, help="wheels of what is missing (default: REPO/.whl)")
     p.add_argument("--timeout", type=float, default=240, help="seconds any one measured run may take")
     args = p.parse_args(argv)
     smoke = args.smoke
@@ -61,20 +64,35 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def ensure_av(wheel: str | None) -> str:
-    """Import PyAV, installing it from a wheel first when it is missing (no network needed)."""
-    try:
-        import av
-    except ImportError:
-        candidates = [wheel] if wheel else sorted(glob.glob(str(REPO / ".whl" / "av-*.whl")) + glob.glob("av-*.whl"))
-        if not candidates:
-            sys.exit("PyAV is not installed: pass --av-wheel PATH (a wheel for this Python and platform)")
-        cmd = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", candidates[-1]]
-        print("installing PyAV:", " ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True)
+def requirements() -> list[str]:
+    """dhgen's own dependencies, by distribution name, from pyproject.toml (read without tomllib: Python 3.10)."""
+    text = (REPO / "pyproject.toml").read_text()
+    block = re.search(r"^dependencies = \[(.*?)^\]", text, re.S | re.M).group(1)
+    return [re.split(r"[<>=!~;\[ ]", item, maxsplit=1)[0] for item in re.findall(r'"([^"]+)"', block)]
+
+
+def ensure_dependencies(wheelhouse: Path | None) -> str:
+    """Install from `wheelhouse` (no network) each dependency of dhgen that is missing here, and dhgen itself when
+    it is not installed (its model families are entry points). Returns PyAV's version."""
+    wheelhouse = wheelhouse or REPO / ".whl"
+    missing = [name for name in [*requirements(), "dhgen"] if not _installed(name)]
+    if missing:
+        cmd = [sys.executable, "-m", "pip", "install", "--no-index", "--find-links", str(wheelhouse), *missing]
+        print("installing what is missing:", " ".join(cmd), flush=True)
+        if subprocess.run(cmd).returncode != 0:
+            sys.exit(f"cannot install {', '.join(missing)} from {wheelhouse}: fill it with benchmarks/wheelhouse.sh")
         importlib.invalidate_caches()
-        import av
+    import av
+
     return av.__version__
+
+
+def _installed(name: str) -> bool:
+    try:
+        metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 # --- sections ---------------------------------------------------------------------------------------------------
@@ -92,19 +110,21 @@ def bench_models(args, checkpoint: Path | None) -> str:
         for batch in args.batches:
             fwd = model_fps(predictor, name, batch, args.model_seconds, forward_only=True)
             full = model_fps(predictor, name, batch, args.model_seconds)
-            rows.append([name, batch, f"{fwd:,.0f}", f"{full:,.0f}", _precision(name, args.device)])
+            rows.append([name, batch, f"{fwd:,.0f}", f"{full:,.0f}", _precision(predictor, name)])
         del predictor
         _free_cuda()
     headers = ["model", "batch", "forward frames/s", "predict() frames/s (numpy in/out)", "precision"]
     return table(f"1. model only on {args.device}", headers, rows)
 
 
-def _precision(name: str, device: str) -> str:
+def _precision(predictor, name: str) -> str:
     from dhgen.models import get_family
 
     if get_family(name).backend == "numpy":
         return "fp32 numpy/OpenCV on the CPU (on every box)"
-    return "fp16 autocast" if device.startswith("cuda") else "fp32"
+    if predictor.dtype != "float16":
+        return "fp32"
+    return "fp16 autocast" if getattr(predictor, "_autocast_fp16", False) else "fp16 weights"
 
 
 def _free_cuda() -> None:
@@ -130,9 +150,17 @@ def bench_ceiling(args, inputs: dict) -> tuple[str, dict[str, float]]:
         )
     headers = ["size", "writers", "frames", "wall s", "aggregate frames/s", "per writer"]
     threads = args.writer_threads or "auto"
-    return table(
-        f"2. ceiling: N concurrent transcode-only writers (x264 veryfast crf 20, threads {threads})", headers, rows
-    ), fps
+    title = f"2. ceiling: N concurrent transcode-only writers ({_auto_encoder()} veryfast crf 20, threads {threads})"
+    return table(title, headers, rows), fps
+
+
+def _auto_encoder() -> str:
+    """The encoder `--encoder auto` takes on this box (the writers of the ceiling and dhgen's jobs use it)."""
+    from dhgen.encoders import resolve_encoder
+    from dhgen.options import EncodeOptions
+
+    resolved = resolve_encoder(EncodeOptions())
+    return f"{resolved.name}, {resolved.reason}"
 
 
 def bench_dhgen(args, inputs: dict, ceiling: dict[str, float], checkpoint: Path | None) -> str:
@@ -218,7 +246,7 @@ def header(args, av_version: str) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    av_version = ensure_av(args.av_wheel)
+    av_version = ensure_dependencies(args.wheelhouse)
     if args.device.startswith("cuda"):
         import torch
 

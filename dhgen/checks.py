@@ -3,7 +3,7 @@ is taken and before any process starts, so a mistake costs one `UsageError` (exi
 
 `check_options(options, run)` is called by `dhgen.runner.render` (so the CLI and `dhgen.render` both get it).
 Nothing here imports torch: a checkpoint is recognised by its bytes (a `torch.save` zip with `data.pkl`, a
-TorchScript zip, or the legacy pickle's magic number), and a CUDA device by what the driver exposes.
+TorchScript zip, or the legacy pickle's magic number), and a CUDA device by what the driver lists (`dhgen.gpus`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from dhgen.encoders import CRF_RANGE, resolve_encoder
 from dhgen.errors import UsageError
+from dhgen.gpus import Gpus, visible_gpus
 from dhgen.models import get_family
 from dhgen.options import (
     LOOP_MODES,
@@ -78,30 +79,29 @@ def check_model(model: ModelOptions, local: bool = True) -> None:
         raise UsageError(f"--pads {model.pads} must be four whole numbers: top bottom left right")
 
 
-def check_device(device: str, gpus: int | None = None) -> None:
-    """`cuda` / `cuda:N` need a visible NVIDIA GPU (N of them); decided from the driver, without importing torch.
+def check_device(device: str, gpus: Gpus | None = None) -> None:
+    """`cuda` / `cuda:N` need N+1 GPUs that CUDA will see (`dhgen.gpus`: the driver, CUDA_VISIBLE_DEVICES), decided
+    without importing torch.
 
     A GPU box whose torch is a CPU-only build passes here and is caught by the inference worker."""
     if not device.startswith("cuda"):
         return
-    if gpus is None:
-        from dhgen.executors.local.supervisor import visible_gpu_count
-
-        gpus = visible_gpu_count()
+    gpus = gpus or visible_gpus()
     hint = "use --device cpu, or --device auto to use a GPU when there is one"
-    if gpus == 0:
-        why = "CUDA_VISIBLE_DEVICES hides every GPU" if _gpus_hidden() else "no NVIDIA GPU or driver was found"
+    if gpus.count == 0:
+        if gpus.hidden:
+            why = (
+                f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')!r} hides all {gpus.installed} GPU(s)"
+            )
+        else:
+            why = gpus.problem or "the NVIDIA driver lists no GPU"
         raise UsageError(f"--device {device}: this machine has no usable CUDA device ({why})", hint=hint)
     index = device.partition(":")[2]
-    if index and int(index) >= gpus:
+    if index and int(index) >= gpus.count:
         raise UsageError(
-            f"--device {device}: only {gpus} CUDA device(s) are visible (cuda:0 .. cuda:{gpus - 1})", hint=hint
+            f"--device {device}: only {gpus.count} CUDA device(s) are visible (cuda:0 .. cuda:{gpus.count - 1})",
+            hint=hint,
         )
-
-
-def _gpus_hidden() -> bool:
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    return visible is not None and os.path.isdir("/proc/driver/nvidia/gpus")
 
 
 def check_input_file(path: Path, option: str) -> None:

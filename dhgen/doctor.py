@@ -6,6 +6,9 @@ tiny encode with each (`dhgen.encoders.survey`), as `--encoder auto` decides. Re
 verdict "not ready" and the exit code 1; warnings (no GPU, little free space, no HEVC encoder) do not. `--json`
 gives each check's numbers as numbers (`free_bytes`, `count`, ...) beside its words, and the verdict without its
 "verdict: " prefix.
+
+On a GPU box the report says why `auto` chose what it chose: the NVIDIA driver (from NVML, `dhgen.gpus`), the
+driver the installed torch's CUDA build needs, and the driver NVENC in PyAV's bundled FFmpeg needs.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from dhgen.encoders import CODECS, CPU_ENCODERS, NVENC_ENCODERS, EncoderInfo, survey
+from dhgen.gpus import Gpus, visible_gpus
 from dhgen.models import registry
 from dhgen.options import default_cache_dir
 
@@ -25,6 +29,11 @@ MIN_PYTHON = (3, 10)
 LOW_SPACE_BYTES = 2 * 1024**3  # below this at the output folder: a warning (a 1080p minute is ~10-30 MB)
 REQUIRED_ENCODERS = ("libx264", "aac")
 EXIT_READY, EXIT_NOT_READY = 0, 1
+# The oldest NVIDIA driver (Linux) that runs a CUDA build of each major version, through CUDA's minor-version
+# compatibility (NVIDIA's CUDA Toolkit release notes). torch's wheels name their CUDA build (torch.version.cuda).
+MIN_DRIVER_FOR_CUDA = {11: "450.80.02", 12: "525.60.13", 13: "580.65.06"}
+# NVENC in the FFmpeg that PyAV's wheels bundle speaks NVENC API 13 (nv-codec-headers 13): driver 570 or newer.
+NVENC_MIN_DRIVER = "570"
 
 
 @dataclass(frozen=True)
@@ -137,6 +146,7 @@ class Probes:
     encoders: Callable[[], list[EncoderInfo]] = survey
     ray: Callable[[str], dict] = probe_ray
     models: Callable[[], list[registry.FamilyEntry]] = registry.entries
+    gpus: Callable[[], Gpus] = visible_gpus
 
 
 # --- checks ---------------------------------------------------------------------------------------------------
@@ -150,29 +160,69 @@ def check_python(probes: Probes) -> list[Check]:
     return [Check("python", "ok", text, data={"version": text})]
 
 
-def check_torch(probes: Probes) -> list[Check]:
+def check_gpus(gpus: Gpus) -> list[Check]:
+    """The NVIDIA driver and its GPUs, as CUDA will see them (CUDA_VISIBLE_DEVICES applied)."""
+    if gpus.driver is None:
+        return [Check("nvidia driver", "info", f"none: {gpus.problem}", data={"driver": None, "count": 0})]
+    hidden = f" (CUDA_VISIBLE_DEVICES hides {gpus.installed - gpus.count})" if gpus.hidden else ""
+    words = f"{gpus.driver} (runs CUDA up to {gpus.cuda}); {gpus.count} GPU(s) visible{hidden}"
+    data = {"driver": gpus.driver, "cuda": gpus.cuda, "count": gpus.count, "installed": gpus.installed}
+    return [Check("nvidia driver", "ok", words, data=data)]
+
+
+def needed_driver(cuda: str | None) -> str | None:
+    """The oldest driver that runs a CUDA `cuda` ("12.8") build; None for a CPU build or an unknown major."""
+    major = cuda.split(".")[0] if cuda else ""
+    return MIN_DRIVER_FOR_CUDA.get(int(major)) if major.isdigit() else None
+
+
+def driver_older(driver: str | None, needed: str | None) -> bool:
+    """Whether `driver` ("535.104.05") is older than `needed` ("570"); False when either is unknown."""
+    if not driver or not needed:
+        return False
+    version = [int(p) for p in driver.split(".") if p.isdigit()]
+    return version < [int(p) for p in needed.split(".") if p.isdigit()]
+
+
+def check_torch(probes: Probes, gpus: Gpus | None = None) -> list[Check]:
     try:
         info = probes.torch()
     except Exception as exc:  # noqa: BLE001 - any failure to import torch is the finding
         return [Check("torch", "fail", f"cannot import torch: {exc}", "run `make install` (installs torch)")]
+    needed = needed_driver(info.get("cuda"))
     build = f"CUDA {info['cuda']} build" if info.get("cuda") else "CPU-only build"
-    checks = [
-        Check(
-            "torch", "ok", f"{info['version']} ({build})", data={"version": info["version"], "cuda": info.get("cuda")}
-        )
-    ]
+    if needed:
+        build += f", needs NVIDIA driver >= {needed}"
+    data = {"version": info["version"], "cuda": info.get("cuda"), "needs_driver": needed}
+    checks = [Check("torch", "ok", f"{info['version']} ({build})", data=data)]
     devices = list(info.get("devices") or [])
     if devices:
         return [
             *checks,
             Check("cuda devices", "ok", "; ".join(devices), data={"count": len(devices), "devices": devices}),
         ]
-    if info.get("cuda"):
-        hint = "check `nvidia-smi` and CUDA_VISIBLE_DEVICES"
-    else:
-        hint = "on a GPU box install the CUDA build of torch (`make install` does where nvidia-smi exists)"
-    words = "none: the model runs on the CPU (fine for mouthwarp, slow for wav2lip)"
+    words, hint = _no_cuda_device_why(info, gpus or Gpus(0, 0), needed)
     return [*checks, Check("cuda devices", "warn", words, hint, {"count": 0, "devices": []})]
+
+
+def _no_cuda_device_why(info: dict, gpus: Gpus, needed: str | None) -> tuple[str, str]:
+    """Why torch sees no CUDA device, in words, and what to do."""
+    words = "none: the model runs on the CPU (fine for mouthwarp, slow for wav2lip)"
+    if driver_older(gpus.driver, needed):
+        why = f"none: torch's CUDA {info['cuda']} build needs NVIDIA driver >= {needed}, this one is {gpus.driver}"
+        hint = (
+            "update the NVIDIA driver, or install a torch built for a CUDA this driver runs (up to "
+            f"{gpus.cuda}; https://pytorch.org/get-started/locally/)"
+        )
+        return f"{why}: --device auto runs the model on the CPU", hint
+    if info.get("cuda"):
+        return words, "check `nvidia-smi` and CUDA_VISIBLE_DEVICES"
+    if gpus.count:
+        return f"{words}; this torch is a CPU build on a box with {gpus.count} GPU(s)", CUDA_TORCH_HINT
+    return words, CUDA_TORCH_HINT
+
+
+CUDA_TORCH_HINT = "on a GPU box install the CUDA build of torch (`make install` does where nvidia-smi exists)"
 
 
 def check_media(probes: Probes) -> list[Check]:
@@ -198,7 +248,7 @@ def check_media(probes: Probes) -> list[Check]:
     return checks
 
 
-def check_encoders(encoders: list[EncoderInfo]) -> list[Check]:
+def check_encoders(encoders: list[EncoderInfo], gpus: Gpus | None = None) -> list[Check]:
     """Per codec, the encoders that open here (and what `auto` takes); then why NVENC is or is not used."""
     checks = []
     for codec in CODECS:
@@ -214,10 +264,10 @@ def check_encoders(encoders: list[EncoderInfo]) -> list[Check]:
         auto = NVENC_ENCODERS[codec] if NVENC_ENCODERS[codec] in opening else CPU_ENCODERS[codec]
         words = f"open here: {', '.join(opening)} (--encoder auto uses {auto}){rest}"
         checks.append(Check(f"{codec} encoders", "ok", words))
-    return [*checks, _nvenc_check(encoders)]
+    return [*checks, _nvenc_check(encoders, gpus or Gpus(0, 0))]
 
 
-def _nvenc_check(encoders: list[EncoderInfo]) -> Check:
+def _nvenc_check(encoders: list[EncoderInfo], gpus: Gpus) -> Check:
     nvenc = [e for e in encoders if e.name in NVENC_ENCODERS.values()]
     if not nvenc:
         return Check("nvenc", "info", "not in this PyAV build: encoding runs on the CPU")
@@ -227,7 +277,17 @@ def _nvenc_check(encoders: list[EncoderInfo]) -> Check:
     for e in nvenc:
         failing.setdefault(e.failure or "opens", []).append(e.name)
     words = "; ".join(f"{', '.join(names)}: {why}" for why, names in failing.items())
-    return Check("nvenc", "info", f"{words} (auto uses the CPU encoder where NVENC does not open)")
+    return Check("nvenc", "info", f"{words} (auto uses the CPU encoder where NVENC does not open){_nvenc_why(gpus)}")
+
+
+def _nvenc_why(gpus: Gpus) -> str:
+    """What the driver says about NVENC not opening."""
+    needs = f"NVENC in this FFmpeg needs NVIDIA driver >= {NVENC_MIN_DRIVER}"
+    if gpus.driver is None:
+        return f"; {needs}, and there is none here"
+    if driver_older(gpus.driver, NVENC_MIN_DRIVER):
+        return f"; {needs}, this one is {gpus.driver}"
+    return f"; driver {gpus.driver} is recent enough: these GPUs may have no NVENC engine (A100, H100, H200)"
 
 
 def check_cascade(probes: Probes) -> list[Check]:
@@ -331,6 +391,8 @@ def _check_ray_node(found: dict) -> Check:
     if "torch_error" in found:
         return Check(name, "fail", f"{words}; torch: {found['torch_error']}", RAY_NODE_HINT)
     words += f", torch {found['torch']} ({found['cuda']} CUDA device(s))"
+    if found.get("driver"):
+        words += f"; NVIDIA driver {found['driver']}, {found['gpus']} GPU(s)"
     if node.cpus < 1:
         return Check(name, "info", f"{words}; no CPUs, so no jobs run there")
     return Check(name, "ok", words)
@@ -385,10 +447,13 @@ def run_doctor(out_dir: Path = Path("renders"), probes: Probes | None = None, ra
     """Every check, in the order a person reads them; with `ray_address`, the Ray cluster's too."""
     probes = probes or Probes()
     report = Report()
-    for check in (check_python, check_torch, check_media):
-        report.checks += check(probes)
+    gpus = probes.gpus()
+    report.checks += check_python(probes)
+    report.checks += check_gpus(gpus)
+    report.checks += check_torch(probes, gpus)
+    report.checks += check_media(probes)
     report.encoders = probes.encoders()
-    report.checks += check_encoders(report.encoders)
+    report.checks += check_encoders(report.encoders, gpus)
     report.checks += check_cascade(probes)
     report.checks += check_disk(probes, Path(out_dir))
     report.checks += check_cpus(probes)

@@ -25,7 +25,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import TYPE_CHECKING
@@ -84,15 +84,16 @@ def family(name: str) -> str:
     return "nvenc" if name.endswith("_nvenc") else "other"
 
 
-def encoder_settings(name: str, preset: str, crf: int, threads: int = 0) -> dict[str, str]:
+def encoder_settings(name: str, preset: str, crf: int, threads: int = 0, gpu: int | None = None) -> dict[str, str]:
     """The options encoder `name` is opened with for x264-scale `preset` and `crf` (see the module docstring);
-    `threads` > 0 caps x265's thread pool (x264's threads are set on the codec context). UsageError for a preset
-    the encoder has no equivalent of."""
+    `threads` > 0 caps x265's thread pool (x264's threads are set on the codec context); `gpu`: the CUDA device
+    NVENC encodes on. UsageError for a preset the encoder has no equivalent of."""
     kind = family(name)
     if kind == "other":
         return {}
     if kind == "nvenc":
-        return {"preset": nvenc_preset(preset), "rc": "vbr", "cq": str(max(1, crf)), "b": "0"}  # cq 0 means "auto"
+        settings = {"preset": nvenc_preset(preset), "rc": "vbr", "cq": str(max(1, crf)), "b": "0"}  # cq 0: "auto"
+        return settings if gpu is None else {**settings, "gpu": str(gpu)}
     _check_x264_preset(name, preset)
     if kind == "x264":
         return {"preset": preset, "crf": str(crf)}
@@ -222,14 +223,15 @@ def failure_words(exc: BaseException, lines: Iterable = ()) -> str:
 # --- choosing the encoder of a run ------------------------------------------------------------------------------
 
 
-def resolve_encoder(options: EncodeOptions) -> ResolvedEncoder:
-    """The encoder a run with `options` uses, checked to open here; UsageError (exit 2) naming the encoder and what
-    this build has when it cannot. Also checks that `--preset` maps onto it."""
+def resolve_encoder(options: EncodeOptions, opens: Callable[[str], str | None] = probe) -> ResolvedEncoder:
+    """The encoder a run with `options` uses, checked to open here (`opens(name)`: None when it does, else why
+    not); UsageError (exit 2) naming the encoder and what this build has when it cannot. Also checks that
+    `--preset` maps onto it."""
     codec = requested_codec(options)
     if options.encoder == "auto":
-        resolved = _auto(codec)
+        resolved = _auto(codec, opens)
     else:
-        failure = probe(options.encoder)
+        failure = opens(options.encoder)
         if failure is not None:
             raise UsageError(f"--encoder {options.encoder} does not open here: {failure}", hint=_what_opens_hint())
         resolved = ResolvedEncoder(options.encoder, codec, "asked for by name", is_hardware(options.encoder))
@@ -255,12 +257,12 @@ def requested_codec(options: EncodeOptions) -> str:
     return own
 
 
-def _auto(codec: str) -> ResolvedEncoder:
+def _auto(codec: str, opens: Callable[[str], str | None]) -> ResolvedEncoder:
     nvenc, cpu = NVENC_ENCODERS[codec], CPU_ENCODERS[codec]
-    nvenc_failure = probe(nvenc)
+    nvenc_failure = opens(nvenc)
     if nvenc_failure is None:
         return ResolvedEncoder(nvenc, codec, f"auto: {nvenc} opens here", hardware=True)
-    cpu_failure = probe(cpu)
+    cpu_failure = opens(cpu)
     if cpu_failure is not None:
         raise UsageError(
             f"no {codec} encoder opens here: {nvenc}: {nvenc_failure}; {cpu}: {cpu_failure}", hint=_what_opens_hint()
@@ -282,8 +284,33 @@ def _what_opens_hint() -> str:
 
 
 def with_encoder(options: EncodeOptions, resolved: ResolvedEncoder) -> EncodeOptions:
-    """`options` naming `resolved` (and why), so every job of the run uses it without probing again."""
-    return dataclasses.replace(options, encoder=resolved.name, codec=resolved.codec, encoder_reason=resolved.reason)
+    """`options` naming `resolved` (and why, and what was asked), so every job of the run uses it without probing
+    again (on one machine; a Ray node decides `auto` again for itself: `resolve_here`)."""
+    return dataclasses.replace(
+        options,
+        encoder=resolved.name,
+        codec=resolved.codec,
+        encoder_reason=resolved.reason,
+        resolved_from=options.resolved_from or options.encoder,
+    )
+
+
+def resolve_here(options: EncodeOptions, opens: Callable[[str], str | None] = probe) -> EncodeOptions:
+    """The run's encode options as a job on this machine uses them: an encoder the driver chose for `--encoder
+    auto` (with its own devices) is chosen again by what opens here (`opens`, see `resolve_encoder`). A Ray job
+    calls this on its node: a driver without a GPU cannot say whether NVENC opens on a GPU node, nor one with
+    NVENC that it opens on a node without."""
+    if options.resolved_from != "auto":
+        return options
+    return with_encoder(options, _auto(requested_codec(options), opens))
+
+
+def on_gpu(options: EncodeOptions, gpu: int | None) -> EncodeOptions:
+    """`options` encoding on CUDA device `gpu` when their encoder is NVENC (which otherwise opens every session
+    on the first GPU); other encoders run on the CPU: unchanged."""
+    if gpu is None or family(options.encoder) != "nvenc":
+        return options
+    return dataclasses.replace(options, gpu=gpu)
 
 
 def encoder_for(options: EncodeOptions) -> ResolvedEncoder:
@@ -305,4 +332,6 @@ def after_failures(options: EncodeOptions, errors: Iterable[dict]) -> EncodeOpti
         return options
     codec = options.codec or codec_of(options.encoder) or "h264"
     why = f"fallback: the hardware encoder failed in an earlier attempt ({failed[-1].get('message', '')})"
-    return dataclasses.replace(options, encoder=CPU_ENCODERS[codec], codec=codec, encoder_reason=why)
+    return dataclasses.replace(
+        options, encoder=CPU_ENCODERS[codec], codec=codec, encoder_reason=why, resolved_from="", gpu=None
+    )

@@ -44,6 +44,8 @@ class EncodeOptions:
     threads: int = 0  # encoder threads; 0 lets the encoder choose
     audio_bitrate: int = 128_000  # AAC bit rate, bits/s
     encoder_reason: str = ""  # why this encoder (set by dhgen.encoders when it resolves `auto` or falls back)
+    resolved_from: str = ""  # what --encoder said before it was resolved ("auto": a Ray node decides again for itself)
+    gpu: int | None = None  # NVENC: the CUDA device it encodes on (spreads jobs over GPUs); None: the first
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,8 @@ def render_settings(options: RenderOptions) -> dict:
     without NVENC does not render again what NVENC rendered.
     """
     settings = dataclasses.asdict(options)
-    settings["encode"].pop("encoder_reason", None)
+    for where in ("encoder_reason", "resolved_from", "gpu"):  # how and where it was resolved, not what was asked
+        settings["encode"].pop(where, None)
     settings["encode"]["codec"] = requested_codec(options.encode)  # --codec h264 is what no --codec means
     settings["face"].pop("cache_dir", None)
     settings["model"].pop("device", None)

@@ -207,7 +207,7 @@ class VideoWriter:
         self.audio_path = Path(audio_path)
         self.options = options
         self.encoder: ResolvedEncoder = encoder_for(options)
-        self.settings = encoder_settings(self.encoder.name, options.preset, options.crf, options.threads)
+        self.settings = encoder_settings(self.encoder.name, options.preset, options.crf, options.threads, options.gpu)
         self.frames_written = 0
         self._digest = hashlib.sha256()
         self._frames_digest = ""

@@ -118,3 +118,28 @@ def ray_cluster():
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+FAKE_NVML = FIXTURES / "fake_nvml"  # a stand-in pynvml: the NVIDIA driver's answers from FAKE_NVML_* variables
+
+
+@pytest.fixture
+def fake_gpus(monkeypatch):
+    """`fake_gpus(["GPU-a", "GPU-b"], driver="550.54.14")` makes this process, and the processes it starts, see
+    those GPUs through the driver (NVML); `fake_gpus(None)`: no driver. Returns the environment to start them with."""
+    import os
+    import sys
+
+    def simulate(uuids: list[str] | None, driver: str = "570.86.15", cuda: int = 12080) -> dict:
+        monkeypatch.syspath_prepend(str(FAKE_NVML))
+        monkeypatch.delitem(sys.modules, "pynvml", raising=False)
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(FAKE_NVML), os.environ.get("PYTHONPATH", "")]))
+        if uuids is None:
+            monkeypatch.delenv("FAKE_NVML_GPUS", raising=False)
+        else:
+            monkeypatch.setenv("FAKE_NVML_GPUS", ",".join(uuids))
+        monkeypatch.setenv("FAKE_NVML_DRIVER", driver)
+        monkeypatch.setenv("FAKE_NVML_CUDA", str(cuda))
+        return dict(os.environ)
+
+    return simulate

@@ -15,6 +15,7 @@ import torch
 
 from dhgen.checks import check_device, check_model, check_options, folder_problem
 from dhgen.errors import UsageError
+from dhgen.gpus import Gpus
 from dhgen.options import AvatarOptions, EncodeOptions, ModelOptions, RenderOptions, RunOptions
 
 
@@ -88,25 +89,35 @@ def test_checking_a_checkpoint_imports_no_torch(checkpoints):
 )
 def test_cuda_without_that_gpu_is_refused(device, gpus, words):
     with pytest.raises(UsageError) as info:
-        check_device(device, gpus)
+        check_device(device, Gpus(gpus, gpus))
     assert words in info.value.message and "--device cpu" in info.value.hint
 
 
 def test_cuda_with_the_gpu_and_cpu_anywhere_pass():
-    check_device("cuda:1", 2)
-    check_device("cuda", 1)
-    check_device("cpu", 0)
-    check_device("auto", 0)
+    check_device("cuda:1", Gpus(2, 2))
+    check_device("cuda", Gpus(1, 4))
+    check_device("cpu", Gpus(0, 0))
+    check_device("auto", Gpus(0, 0))
 
 
-def test_cuda_visible_devices_decides_without_torch(monkeypatch):
+def test_the_gpus_cuda_will_see_decide_without_torch(monkeypatch, fake_gpus):
+    fake_gpus(["GPU-0a", "GPU-1b", "GPU-2c", "GPU-3d"])  # the driver has four
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    with pytest.raises(UsageError, match="no usable CUDA device"):
+    with pytest.raises(UsageError, match=r"no usable CUDA device \(CUDA_VISIBLE_DEVICES='' hides all 4 GPU"):
         check_options(RenderOptions(model=ModelOptions(device="cuda")), RunOptions())
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")  # one GPU visible, whatever its number
     check_options(RenderOptions(model=ModelOptions(device="cuda:0")), RunOptions())
     with pytest.raises(UsageError, match="only 1 CUDA device"):
         check_options(RenderOptions(model=ModelOptions(device="cuda:1")), RunOptions())
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    check_options(RenderOptions(model=ModelOptions(device="cuda:3")), RunOptions())
+
+
+def test_without_an_nvidia_driver_cuda_is_refused_saying_so(monkeypatch, fake_gpus):
+    fake_gpus(None)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # names GPUs, but there is no driver to have them
+    with pytest.raises(UsageError, match="no usable CUDA device .no NVIDIA driver answers"):
+        check_options(RenderOptions(model=ModelOptions(device="cuda:0")), RunOptions())
 
 
 @pytest.mark.parametrize(

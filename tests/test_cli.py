@@ -160,7 +160,8 @@ def one_job(tmp_path):
         (["--model", "wav2lip", "--checkpoint", "nope.pth"], None, "checkpoint nope.pth does not exist"),
     ],
 )
-def test_options_that_cannot_work_are_refused_before_anything_starts(tmp_path, one_job, extra, env, words):
+def test_options_that_cannot_work_are_refused_before_anything_starts(tmp_path, one_job, extra, env, words, fake_gpus):
+    fake_gpus(["GPU-0a", "GPU-1b"])  # the command sees a driver with two GPUs (a stand-in NVML)
     error = refused(*one_job, *extra, cwd=tmp_path, env=env)
     assert words in error
     assert nothing_written(tmp_path / "out") and sorted(p.name for p in tmp_path.iterdir()) == []

@@ -13,6 +13,7 @@ from dhgen.cli import app
 from dhgen.doctor import EXIT_NOT_READY, EXIT_READY, OutputFolder, Probes, run_doctor
 from dhgen.encoders import EncoderInfo
 from dhgen.errors import UsageError
+from dhgen.gpus import Gpus
 
 
 def status_of(report, name: str) -> str:
@@ -138,6 +139,48 @@ def test_a_box_without_hevc_warns_and_one_without_h264_is_not_ready(tmp_path):
     broken = [EncoderInfo("libx264", "h264", False, "Invalid argument")]
     report = run_doctor(tmp_path, Probes(encoders=lambda: broken))
     assert status_of(report, "h264 encoders") == "fail" and report.exit_code == EXIT_NOT_READY
+
+
+def _detail(report, name: str) -> str:
+    return next(c.detail for c in report.checks if c.name == name)
+
+
+def test_a_driver_too_old_for_torchs_cuda_build_and_for_nvenc_is_named(tmp_path):
+    """Why `auto` used the CPU and libx264 on a GPU box whose driver predates what is installed."""
+    old = Gpus(2, 2, driver="470.82.01", cuda="11.4")
+    encoders = [
+        EncoderInfo("libx264", "h264", False, None),
+        EncoderInfo("h264_nvenc", "h264", True, "Function not implemented"),
+    ]
+    probes = Probes(
+        torch=lambda: {"version": "2.8.0", "cuda": "12.8", "devices": []}, gpus=lambda: old, encoders=lambda: encoders
+    )
+    report = run_doctor(tmp_path, probes)
+    assert _detail(report, "nvidia driver") == "470.82.01 (runs CUDA up to 11.4); 2 GPU(s) visible"
+    assert _detail(report, "torch") == "2.8.0 (CUDA 12.8 build, needs NVIDIA driver >= 525.60.13)"
+    devices = next(c for c in report.checks if c.name == "cuda devices")
+    assert devices.status == "warn" and "needs NVIDIA driver >= 525.60.13, this one is 470.82.01" in devices.detail
+    assert "up to 11.4" in devices.hint
+    assert "NVENC in this FFmpeg needs NVIDIA driver >= 570, this one is 470.82.01" in _detail(report, "nvenc")
+    assert report.to_dict()["checks"][1]["driver"] == "470.82.01"
+
+
+def test_a_recent_driver_whose_gpus_do_not_open_nvenc_says_they_may_have_none(tmp_path):
+    encoders = [EncoderInfo("libx264", "h264", False, None), EncoderInfo("h264_nvenc", "h264", True, "No device")]
+    recent = Gpus(1, 1, driver="575.51.03", cuda="12.9")
+    report = run_doctor(tmp_path, Probes(gpus=lambda: recent, encoders=lambda: encoders))
+    assert "driver 575.51.03 is recent enough: these GPUs may have no NVENC engine" in _detail(report, "nvenc")
+
+
+def test_the_driver_is_read_through_nvml(tmp_path, monkeypatch, fake_gpus):
+    fake_gpus(["GPU-aaaa", "GPU-bbbb"], driver="570.86.15", cuda=12080)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    report = run_doctor(tmp_path)
+    assert _detail(report, "nvidia driver") == (
+        "570.86.15 (runs CUDA up to 12.8); 1 GPU(s) visible (CUDA_VISIBLE_DEVICES hides 1)"
+    )
+    fake_gpus(None)
+    assert status_of(run_doctor(tmp_path), "nvidia driver") == "info"
 
 
 def test_a_ray_cluster_is_checked_node_by_node(ray_cluster, tmp_path):

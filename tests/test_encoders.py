@@ -14,8 +14,10 @@ from dhgen.encoders import (
     h26x_encoders,
     is_hardware,
     nvenc_preset,
+    on_gpu,
     probe,
     resolve_encoder,
+    resolve_here,
     with_encoder,
 )
 from dhgen.errors import EncodeError, HardwareEncodeError, JobTimeout, UsageError, WorkerCrashed
@@ -49,6 +51,13 @@ def test_nvenc_gets_constant_quality_vbr_and_a_p_preset():
     assert encoder_settings("hevc_nvenc", "p6", 0)["cq"] == "1"  # cq 0 would mean "let NVENC pick"
     assert [nvenc_preset(p) for p in X264_PRESETS] == ["p1", "p1", "p2", "p3", "p3", "p4", "p5", "p6", "p7", "p7"]
     assert nvenc_preset("p4") == "p4"
+
+
+def test_nvenc_opens_on_the_gpu_it_is_given_and_only_nvenc_takes_one():
+    assert encoder_settings("hevc_nvenc", "veryfast", 20, gpu=1)["gpu"] == "1"
+    assert "gpu" not in encoder_settings("h264_nvenc", "veryfast", 20)  # the driver's first GPU
+    assert on_gpu(EncodeOptions(encoder="h264_nvenc"), 2).gpu == 2
+    assert on_gpu(EncodeOptions(encoder="libx264"), 2).gpu is None
 
 
 def test_other_encoders_keep_their_own_defaults():
@@ -132,6 +141,42 @@ def test_resolved_options_carry_the_name_and_why_to_every_writer():
     options = with_encoder(EncodeOptions(codec="hevc"), resolve_encoder(EncodeOptions(codec="hevc")))
     plan = encoder_for(options)
     assert (plan.name, plan.codec) == (options.encoder, "hevc") and plan.reason == options.encoder_reason
+
+
+# --- auto, decided again where a job runs (a Ray node) ---------------------------------------------------------
+
+
+def _opening(*names: str):
+    """What opens on a machine: these encoders (and no other)."""
+    return lambda name: None if name in names else "Operation not permitted: Cannot load libcuda.so.1"
+
+
+def _resolved_on(machine, options: EncodeOptions | None = None) -> EncodeOptions:
+    options = options or EncodeOptions()
+    return with_encoder(options, resolve_encoder(options, machine))
+
+
+@pytest.mark.parametrize("codec", ["h264", "hevc"])
+def test_auto_is_decided_again_by_the_devices_of_the_node_that_runs_the_job(codec):
+    gpu_node, cpu_node = _opening("h264_nvenc", "hevc_nvenc", "libx264", "libx265"), _opening("libx264", "libx265")
+    asked = EncodeOptions(codec=codec, preset="fast")
+    on_a_cpu_driver = _resolved_on(cpu_node, asked)
+    here = resolve_here(on_a_cpu_driver, gpu_node)
+    assert (here.encoder, here.codec, here.preset) == (f"{codec}_nvenc", codec, "fast")
+    assert here.encoder_reason == f"auto: {codec}_nvenc opens here"
+    on_an_nvenc_driver = _resolved_on(gpu_node, asked)
+    here = resolve_here(on_an_nvenc_driver, cpu_node)
+    assert here.encoder == {"h264": "libx264", "hevc": "libx265"}[codec]
+    assert "does not open here (Operation not permitted: Cannot load libcuda.so.1)" in here.encoder_reason
+
+
+def test_a_named_encoder_and_a_fallback_are_not_decided_again():
+    gpu_node, cpu_node = _opening("h264_nvenc", "libx264"), _opening("libx264")
+    named = _resolved_on(gpu_node, EncodeOptions(encoder="libx264"))
+    assert resolve_here(named, gpu_node) is named
+    fallback = after_failures(_resolved_on(gpu_node), [_hardware_failure()])
+    assert resolve_here(fallback, gpu_node).encoder == "libx264"  # NVENC failed in this job: not again
+    assert resolve_here(_resolved_on(cpu_node), cpu_node).encoder == "libx264"
 
 
 # --- after a hardware encoder failed ----------------------------------------------------------------------------

@@ -321,6 +321,10 @@ def test_an_actor_whose_cuda_context_breaks_ends_itself_and_is_replaced(
     assert death["error"]["type"] == "WorkerCrashed" and all(
         e["replacement_pid"] != death["error"]["pid"] for e in crashes
     )
+    cuda_error = "because its CUDA context broke: AcceleratorError: CUDA error: an illegal memory access"
+    for said in [death["error"], next(e for e in crashes if cuda_error in e["message"])]:  # the driver, the job
+        assert cuda_error in said["message"] and "in predict" in said["crash_tail"]
+        assert said["crash_tail"].endswith("an illegal memory access was encountered (injected: DHGEN_TEST_FAULT)")
     for r in summary.records:
         assert frame_digests(Path(r.output)) == local_digests["short"]
 
@@ -474,3 +478,43 @@ def test_the_ray_executor_serves_jobs_as_they_arrive_and_cancels_one(ray_cluster
     while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not alive(pid)  # the task's worker process was stopped
+
+
+# --- the encoder of a job is decided on its node ----------------------------------------------------------------
+
+
+def _spec(encode: EncodeOptions, gpu_ids: tuple = ()):
+    from dhgen.executors.raycluster.jobtask import TaskSpec
+
+    job = Job("j", SHORT_AUDIO, AVATAR, Path("j.mp4"))
+    return TaskSpec(job, RenderOptions(encode=encode), "run", 1, 1, False, 10.0, gpu_ids=gpu_ids)
+
+
+def test_a_job_encodes_with_what_opens_on_its_node_not_on_the_driver():
+    """The driver (a GPU box) took NVENC for `auto`; this node, without NVENC, takes x264, and says why."""
+    from dhgen.encoders import ResolvedEncoder, probe, with_encoder
+    from dhgen.executors.raycluster.jobtask import _node_options
+
+    if probe("h264_nvenc") is None:
+        pytest.skip("NVENC opens on this machine")
+    on_driver = with_encoder(EncodeOptions(), ResolvedEncoder("h264_nvenc", "h264", "auto: h264_nvenc opens here"))
+    encode = _node_options(_spec(on_driver, gpu_ids=("0",))).encode
+    assert encode.encoder == "libx264" and encode.gpu is None
+    assert encode.encoder_reason.startswith("auto: h264_nvenc does not open here (")
+
+
+def test_a_job_task_on_a_gpu_node_is_not_hidden_the_nodes_gpus(ray_cluster):
+    """A task that asks for no GPU gets CUDA_VISIBLE_DEVICES="" from Ray (before Ray 2.4x, or with the override
+    below): NVENC could not open. Job tasks on GPU nodes run with SEES_GPUS, and keep the node's GPUs."""
+    import ray
+
+    from dhgen.executors.raycluster.cluster import SEES_GPUS
+
+    def cuda_visible_devices():  # defined here: Ray ships it by value (tests are not importable on the nodes)
+        return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+    old_ray = {"RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1"}
+    task = ray.remote(cuda_visible_devices)
+    hidden = task.options(num_cpus=0, runtime_env={"env_vars": old_ray}).remote()
+    seen = task.options(num_cpus=0, runtime_env={"env_vars": {**old_ray, **SEES_GPUS["env_vars"]}}).remote()
+    assert ray.get(hidden, timeout=60) == "" and ray.get(seen, timeout=60) != ""

@@ -260,6 +260,9 @@ def test_an_encoder_named_that_does_not_open_refuses_the_run_before_the_lock(tmp
 def test_the_fingerprint_covers_the_encoder_as_asked_not_as_resolved(options):
     settings = render_settings(options)
     assert settings["encode"]["encoder"] == "auto" and "encoder_reason" not in settings["encode"]
+    assert set(settings["encode"]) == {"encoder", "codec", "preset", "crf", "threads", "audio_bitrate"}
+    where = dataclasses.replace(options, encode=EncodeOptions(gpu=1, resolved_from="auto"))  # how it ran, not what
+    assert render_settings(where) == settings
     hevc = dataclasses.replace(options, encode=EncodeOptions(codec="hevc"))
     assert render_settings(hevc) != settings
     same = [EncodeOptions(codec="hevc"), EncodeOptions(encoder="auto", codec="hevc")]

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from dhgen.errors import ModelError, OutOfMemory, UsageError
+from dhgen.errors import ModelError, ModelLoadError, OutOfMemory, UsageError
 from dhgen.models import CropBatch, PatchBatch
 from dhgen.models.mouthwarp.warp import MouthWarp
-from dhgen.models.serving import CheckedPredictor, load_model, resolve_dtype
+from dhgen.models.serving import AdaptivePredictor, CheckedPredictor, load_model, resolve_dtype
 from dhgen.options import ModelOptions
 
 
@@ -119,3 +120,60 @@ def test_a_right_answer_passes_and_audio_features_must_be_an_array():
     assert checked.predict(_batch()).patches.shape == (2, 8, 8, 3)
     with pytest.raises(ModelError, match="audio_features answered PatchBatch"):
         checked.audio_features(np.zeros(16000, np.float32))
+
+
+@pytest.mark.parametrize("torch_version", ["2.8 and later", "before 2.8"])
+def test_a_gpu_that_refuses_the_model_is_a_model_load_error_naming_the_device(monkeypatch, torch_version):
+    import torch
+
+    from dhgen.models.torch_backend import cuda_error
+    from dhgen.models.wav2lip import family
+
+    if torch_version == "before 2.8":
+        monkeypatch.delattr(torch, "AcceleratorError")
+
+    def load(checkpoint, device, dtype):  # what loading onto a GPU held in EXCLUSIVE_PROCESS mode raises
+        raise cuda_error("CUDA-capable device(s) is/are busy or unavailable")
+
+    monkeypatch.setattr(family, "load", load)
+    with pytest.raises(ModelLoadError) as info:
+        load_model(ModelOptions(name="wav2lip", checkpoint=Path("w.pth"), device="cpu"))
+    assert (
+        info.value.message
+        == "cannot load wav2lip on cpu: CUDA error: CUDA-capable device(s) is/are busy or unavailable"
+    )
+    assert "nvidia-smi" in info.value.hint and "CUDA_VISIBLE_DEVICES" in info.value.hint
+
+
+def test_a_cublas_allocation_failure_while_loading_is_out_of_memory(monkeypatch):
+    from dhgen.models.wav2lip import family
+
+    def load(checkpoint, device, dtype):
+        raise RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`")
+
+    monkeypatch.setattr(family, "load", load)
+    with pytest.raises(OutOfMemory, match="loading wav2lip on cpu"):
+        load_model(ModelOptions(name="wav2lip", checkpoint=Path("w.pth"), device="cpu"))
+
+
+class _Shapes(_Answers):
+    """A stand-in predictor on `device` that answers each crop with its own value and notes the batch sizes."""
+
+    def __init__(self, device: str) -> None:
+        super().__init__(lambda b: PatchBatch(b.crops.copy(), np.zeros((1, 8, 8), np.uint8)))
+        self.device, self.sizes = device, []
+
+    def predict(self, batch):
+        self.sizes.append(len(batch))
+        return super().predict(batch)
+
+
+@pytest.mark.parametrize(("device", "sizes"), [("cuda:0", [4, 4, 4]), ("cpu", [4, 4, 2])])
+def test_on_a_gpu_every_forward_has_the_same_shape_whatever_was_merged(device, sizes):
+    model = _Shapes(device)
+    crops = np.broadcast_to(np.arange(10, dtype=np.uint8)[:, None, None, None], (10, 8, 8, 3)).copy()
+    batch = CropBatch(crops, crops.copy(), np.zeros(10, np.float32))  # as merged: one reference per crop
+    answer = AdaptivePredictor(model, 4, None).predict(batch)
+    assert model.sizes == sizes  # the GPU's last slice was padded to 4 crops
+    np.testing.assert_array_equal(answer.patches, batch.crops)  # each crop's own answer, no padding in it
+    assert answer.alphas.shape == (1, 8, 8)

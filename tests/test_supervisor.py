@@ -18,7 +18,7 @@ from dhgen.encoders import probe
 from dhgen.executors.inprocess import InProcessExecutor
 from dhgen.executors.local import Supervisor
 from dhgen.manifest import Job
-from dhgen.options import EncodeOptions, RenderOptions, RunOptions
+from dhgen.options import EncodeOptions, ModelOptions, RenderOptions, RunOptions
 from dhgen.runner import render
 
 AUDIO = FIXTURES / "speech.wav"  # 4.4 s: long enough to hit a job mid-render
@@ -31,9 +31,9 @@ def _jobs(tmp_path: Path, n: int, audio: Path = AUDIO) -> list[Job]:
     return [Job(f"j{i}", audio, AVATAR, tmp_path / f"j{i}.mp4") for i in range(n)]
 
 
-def _run(tmp_path, job_list, watcher, **run_kw):
+def _run(tmp_path, job_list, watcher, options: RenderOptions | None = None, **run_kw):
     run = RunOptions(out_dir=tmp_path, jobs=run_kw.pop("jobs", 2), backoff_s=0.1, **run_kw)
-    return render(job_list, RenderOptions(), run, on_event=watcher)
+    return render(job_list, options or RenderOptions(), run, on_event=watcher)
 
 
 def _progress_of(job_id: str, at_least: int = 1):
@@ -295,3 +295,88 @@ def test_an_encoder_failing_mid_job_fails_only_that_job_at_once(tmp_path, monkey
     assert long.status == "failed" and long.attempts == 1  # a CPU encoder's failure is not retried
     assert long.error["type"] == "EncodeError" and "libx264 failed encoding frame 80" in long.error["message"]
     assert not Path(long.output).exists() and not list(tmp_path.glob(".*partial*"))
+
+
+# --- what the first GPU box would hit, simulated here ------------------------------------------------------------
+
+OLD_TORCH = FIXTURES / "old_torch"  # on PYTHONPATH: torch without AcceleratorError (torch < 2.8) in every child
+
+
+def _with_old_torch(monkeypatch) -> None:
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(OLD_TORCH), os.environ.get("PYTHONPATH", "")]))
+
+
+def _tiny_wav2lip(tmp_path: Path) -> RenderOptions:
+    """--model wav2lip with a TorchScript generator that returns the masked crop: a torch model, loaded in ms."""
+    import torch  # the test process only
+
+    class Masked(torch.nn.Module):
+        def forward(self, mel: torch.Tensor, face: torch.Tensor) -> torch.Tensor:
+            return face[:, :3]
+
+    path = tmp_path / "tiny.pt"
+    torch.jit.script(Masked()).save(str(path))
+    return RenderOptions(model=ModelOptions(name="wav2lip", checkpoint=path))
+
+
+@pytest.mark.parametrize("torch_version", ["2.8 and later", "before 2.8"])
+def test_a_worker_whose_cuda_context_breaks_says_why_and_is_replaced(tmp_path, monkeypatch, torch_version):
+    if torch_version == "before 2.8":
+        _with_old_torch(monkeypatch)
+    monkeypatch.setenv("DHGEN_TEST_FAULT", f"broken_cuda_once:{tmp_path / 'broken-once'}")
+    watcher = EventWatcher()
+    summary = _run(tmp_path, _jobs(tmp_path, 1, SHORT_AUDIO), watcher)
+
+    (record,) = summary.records
+    assert record.status == "succeeded" and record.attempts == 1  # its batches were replayed on the new worker
+    (crash,) = [e for e in record.errors if e["type"] == "WorkerCrashed"]
+    error_type = "AcceleratorError" if torch_version == "2.8 and later" else "RuntimeError"
+    assert "exited with code 70 because its CUDA context broke" in crash["message"]
+    assert f"{error_type}: CUDA error: an illegal memory access was encountered" in crash["message"]
+    tail = crash["crash_tail"]  # the traceback's last lines: where it failed, and the error
+    assert "in predict" in tail and tail.endswith(
+        "an illegal memory access was encountered (injected: DHGEN_TEST_FAULT)"
+    )
+    incident = watcher.wait_for(lambda e: e["event"] == "incident" and e["error"]["type"] == "WorkerCrashed", 1)
+    assert "illegal memory access" in incident["error"]["message"]
+
+
+def test_with_torch_before_2_8_a_raising_model_fails_its_job_and_no_worker_dies(tmp_path, monkeypatch):
+    _with_old_torch(monkeypatch)
+    monkeypatch.setenv("DHGEN_TEST_FAULT", "raise")
+    watcher = EventWatcher()
+    summary = _run(tmp_path, _jobs(tmp_path, 1, SHORT_AUDIO), watcher, options=_tiny_wav2lip(tmp_path))
+
+    (record,) = summary.records
+    assert record.status == "failed" and record.attempts == 1
+    assert record.error["type"] == "ModelError" and "model wav2lip raised RuntimeError" in record.error["message"]
+    assert "injected fault" in record.error["message"]
+    assert [e["type"] for e in record.errors] == ["ModelError"]  # no WorkerCrashed: the worker lived
+    assert sum(e["event"] == "worker_started" for e in watcher.events) == 1
+
+
+def test_one_worker_that_cannot_load_the_model_loses_its_gpu_not_the_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("DHGEN_TEST_FAULT", f"load_fails_once:{tmp_path / 'load-fails-once'}")
+    watcher = EventWatcher()
+    summary = _run(tmp_path, _jobs(tmp_path, 3, SHORT_AUDIO), watcher, workers=2)
+
+    assert [(r.status, r.attempts, r.errors) for r in summary.records] == [("succeeded", 1, [])] * 3
+    lost = watcher.wait_for(lambda e: e["event"] == "incident" and "given up" in e.get("action", ""), 1)
+    assert lost["error"]["type"] == "ModelLoadError" and "busy or unavailable" in lost["error"]["message"]
+    assert "nvidia-smi" in lost["error"]["hint"]
+    assert sum(e["event"] == "worker_started" for e in watcher.events) == 1  # the other one; none replaces it
+    assert not [e for e in watcher.events if e.get("action") == "no more inference"]
+
+
+def test_a_checkpoint_no_worker_can_load_still_fails_every_job(tmp_path):
+    import torch
+
+    checkpoint = tmp_path / "other.pth"
+    torch.save({"state_dict": {"module.face_encoder_blocks.0.0.submodule.weight": torch.zeros(2, 2)}}, checkpoint)
+    options = RenderOptions(model=ModelOptions(name="wav2lip", checkpoint=checkpoint, device="cpu"))
+    watcher = EventWatcher()
+    summary = _run(tmp_path, _jobs(tmp_path, 2, SHORT_AUDIO), watcher, options=options, workers=2)
+
+    assert [(r.status, r.error["type"]) for r in summary.records] == [("failed", "ModelLoadError")] * 2
+    assert all(str(checkpoint) in r.error["message"] for r in summary.records)
+    assert not [e for e in watcher.events if "given up" in e.get("action", "")]  # no worker ever served

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from dhgen.errors import OutOfMemory, UsageError
-from dhgen.models import CropBatch
-from dhgen.models.torch_backend import TorchPredictor, resolve_device
+from dhgen.models import CropBatch, torch_backend
+from dhgen.models.torch_backend import TorchPredictor, is_cuda_context_broken, is_cuda_oom, resolve_device
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without CUDA")
 gpu = pytest.mark.gpu
@@ -92,16 +92,23 @@ def test_unknown_device_names_are_usage_errors(name):
         resolve_device(name)
 
 
-def test_cuda_oom_inside_the_model_surfaces_as_out_of_memory(predictor, monkeypatch):
+@pytest.mark.parametrize(
+    "oom",
+    [
+        torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"),  # cuBLAS's words
+    ],
+)
+def test_cuda_oom_inside_the_model_surfaces_as_out_of_memory(predictor, monkeypatch, oom):
     def forward(self, crops, refs, cond):
-        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        raise oom
 
     monkeypatch.setattr(Blend, "forward", forward)
     with pytest.raises(OutOfMemory) as err:
         predictor.predict(crop_batch(4))
     assert err.value.retryable and err.value.to_record()["type"] == "OutOfMemory"
     assert "batch of 4" in err.value.message and "--batch-size" in err.value.hint
-    assert isinstance(err.value.__cause__, torch.cuda.OutOfMemoryError)
+    assert err.value.__cause__ is oom
 
 
 def test_other_model_errors_pass_through_unchanged(predictor, monkeypatch):
@@ -124,6 +131,76 @@ def test_cuda_matches_cpu():
     assert diff.max() <= 2 and diff.mean() < 0.05
 
 
+@no_cuda
 def test_auto_with_a_visible_gpu_falls_back_to_the_cpu_when_torch_cannot_use_it():
     # The supervisor asks for "auto:N" when it sees NVIDIA GPUs; a CPU build of torch must still render.
     assert resolve_device("auto:0") == "cpu"
+
+
+@gpu
+@needs_cuda
+def test_auto_n_is_that_gpu_when_torch_can_use_it():
+    assert resolve_device("auto:0") == "cuda:0"
+    assert resolve_device(f"auto:{torch.cuda.device_count()}") == "cpu"  # one more than torch sees
+
+
+def test_auto_n_follows_what_torch_can_use(monkeypatch):
+    """The same decisions as on a box whose torch sees two GPUs (torch's answers simulated)."""
+    monkeypatch.setattr(torch_backend, "deterministic_cuda", lambda: None)  # not this process's torch settings
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [resolve_device(d) for d in ("auto", "auto:1", "auto:2", "cuda:1")] == ["cuda", "cuda:1", "cpu", "cuda:1"]
+    with pytest.raises(UsageError, match=r"only 2 CUDA device\(s\) exist"):
+        resolve_device("cuda:2")
+
+
+# --- CUDA errors by what they are, whatever torch calls them ------------------------------------------------------
+
+CUBLAS_CALL = "`cublasSgemm( handle, opa, opb, m, n, k, &alpha, a, lda, b, ldb, &beta, c, ldc)`"
+CUDA_ERRORS = [  # (what torch raises, out of memory, context broken)
+    (RuntimeError("CUDA error: an illegal memory access was encountered"), False, True),  # torch < 2.8
+    (RuntimeError(f"CUDA error: CUBLAS_STATUS_EXECUTION_FAILED when calling {CUBLAS_CALL}"), False, True),
+    (RuntimeError("cuDNN error: CUDNN_STATUS_EXECUTION_FAILED"), False, True),
+    (RuntimeError("CUDA driver error: unspecified launch failure"), False, True),
+    (RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"), True, False),
+    (RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"), True, False),
+    (RuntimeError("CUDA error: out of memory"), True, False),
+    (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), True, False),
+    (RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x3 and 5x6)"), False, False),
+    (ValueError("CUDA error: not from CUDA at all"), False, False),
+]
+
+
+@pytest.mark.parametrize("torch_version", ["2.8 and later", "before 2.8"])
+@pytest.mark.parametrize(
+    ("exc", "oom", "broken"), CUDA_ERRORS, ids=lambda v: str(v)[:40] if isinstance(v, Exception) else None
+)
+def test_cuda_errors_are_typed_by_what_they_are(exc, oom, broken, torch_version, monkeypatch):
+    if torch_version == "before 2.8":
+        monkeypatch.delattr(torch, "AcceleratorError")
+    assert (is_cuda_oom(exc), is_cuda_context_broken(exc)) == (oom, broken)
+
+
+def test_an_accelerator_error_breaks_the_context_unless_it_is_out_of_memory():
+    assert is_cuda_context_broken(torch.AcceleratorError("CUDA error: misaligned address"))
+    assert not is_cuda_context_broken(torch.AcceleratorError("CUDA error: out of memory"))
+
+
+@gpu
+@needs_cuda
+def test_a_crops_patch_on_cuda_does_not_depend_on_what_else_is_in_its_batch():
+    """Batches merge crops of several jobs as they come (timing): the same crop must get the same patch, so that a
+    job's frames digest the same from run to run (`--resume --verify`)."""
+    from dhgen.models.serving import AdaptivePredictor
+    from dhgen.models.wav2lip.network import Wav2Lip, Wav2LipModel
+
+    torch.manual_seed(0)
+    model = Wav2LipModel(Wav2Lip().eval()).cuda()
+    predictor = AdaptivePredictor(TorchPredictor("wav2lip", S, model, resolve_device("cuda"), "float16"), 16, None)
+    rng = np.random.default_rng(0)
+    crops = rng.integers(0, 256, (12, S, S, 3), dtype=np.uint8)
+    cond = rng.uniform(-4, 4, (12, 80, 16)).astype(np.float32)
+    every = predictor.predict(CropBatch(crops, crops, cond)).patches
+    for rows in ([0, 1, 2], [5, 0, 7, 1, 2], [0], list(range(12))[::-1]):
+        alone = predictor.predict(CropBatch(crops[rows], crops[rows], cond[rows])).patches
+        np.testing.assert_array_equal(alone, every[rows])

@@ -6,9 +6,15 @@ tmp_path in each supported format and must reproduce it exactly.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from conftest import FIXTURES
 from torch import nn
 
 from dhgen.errors import ModelLoadError, OutOfMemory
@@ -259,3 +265,50 @@ def test_a_pickled_model_fails_in_our_words_not_torchs(tmp_path):
     words = info.value.message + info.value.hint
     assert str(path) in info.value.message and "pickled Python objects" in info.value.message
     assert "weights_only" not in words and "state_dict()" in info.value.hint
+
+
+# --- precision ------------------------------------------------------------------------------------------------
+
+
+class _Conv(nn.Module):
+    """A stand-in generator with weights: one 1x1 convolution from the six face channels to three."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(6, 3, 1)
+
+    def forward(self, mel: torch.Tensor, face: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.conv(face))
+
+
+def test_an_fp16_torchscript_export_runs_in_the_precision_asked_for(tmp_path, inputs):
+    path = tmp_path / "half.pt"
+    torch.jit.script(_Conv().half()).save(str(path))  # an fp16 export, as some users have
+    for precision in ("fp32", "auto", "fp16"):  # on the CPU each runs fp32 (probe included)
+        generator = load_generator(path, "cpu", "float16" if precision == "fp16" else "float32")
+        assert {p.dtype for p in generator.parameters()} == {torch.float32}
+    predictor = load_model(ModelOptions(name="wav2lip", checkpoint=path, device="cpu", precision="fp32"))
+    assert predictor.dtype == "float32" and predictor.predict(inputs).patches.shape == (2, S, S, 3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_torchscript_on_cuda_runs_in_the_precision_asked_for_without_autocast(checkpoints, inputs, expected):
+    for dtype, tolerance in (("float16", 3), ("float32", 1)):
+        predictor = load_predictor(checkpoints["script"], "cuda", dtype)
+        assert {p.dtype for p in predictor.model.generator.parameters()} == {getattr(torch, dtype)}
+        result = predictor.predict(inputs)
+        assert predictor.dtype == dtype and np.abs(result.patches.astype(int) - expected[1].patches).max() <= tolerance
+
+
+def test_precision_fp32_renders_through_the_cli(tmp_path):
+    path = tmp_path / "conv.pt"
+    torch.jit.script(_Conv()).save(str(path))
+    out = tmp_path / "out.mp4"
+    dhgen = Path(sys.executable).with_name("dhgen")
+    args = ["--audio", FIXTURES / "speech.m4a", "--avatar", FIXTURES / "avatar.mp4", "-o", out, "--progress", "none"]
+    model = ["--model", "wav2lip", "--checkpoint", path, "--precision", "fp32", "--device", "cpu"]
+    done = subprocess.run([str(dhgen), "render", *map(str, args + model)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    (record,) = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert record["status"] == "succeeded" and record["model"]["dtype"] == "float32" and out.stat().st_size > 0

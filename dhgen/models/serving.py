@@ -8,8 +8,11 @@ exception of the model's own or an answer of the wrong shape is a `ModelError` n
 
 Test hook: DHGEN_TEST_FAULT=raise makes every forward raise; DHGEN_TEST_FAULT=oom_above:N raises OutOfMemory
 for forward passes larger than N crops; DHGEN_TEST_FAULT=broken_cuda_once:PATH raises a CUDA error that breaks
-the context (`torch.AcceleratorError`) in the first forward of the first process to get there (it creates PATH;
-later processes find it and run normally). Tests use it for faults that real signals cannot produce.
+the context (what this torch raises for one: `torch.AcceleratorError`, or a plain RuntimeError before torch 2.8)
+in the first forward of the first process to get there (it creates PATH; later processes find it and run
+normally); DHGEN_TEST_FAULT=load_fails_once:PATH makes the first process to get there fail to load the model as
+on a GPU that another process holds (the ModelLoadError that CUDA error becomes). Tests use it for faults that
+real signals cannot produce.
 
 A process whose CUDA context is broken (`context_broken`) ends itself, so that it is replaced instead of failing
 every batch from now on.
@@ -24,7 +27,7 @@ import sys
 
 import numpy as np
 
-from dhgen.errors import DhgenError, ModelError, OutOfMemory, first_line
+from dhgen.errors import DhgenError, ModelError, ModelLoadError, OutOfMemory, first_line
 from dhgen.models.batches import CropBatch, PatchBatch, concat_patches
 from dhgen.models.protocol import Predictor
 from dhgen.models.registry import get_family
@@ -36,15 +39,21 @@ BACKEND_DEVICES = {"torch": "dhgen.models.torch_backend", "onnxruntime": "dhgen.
 
 
 class AdaptivePredictor:
-    """Runs a batch in slices of `limit` crops; halves `limit` and retries on OutOfMemory."""
+    """Runs a batch in slices of `limit` crops; halves `limit` and retries on OutOfMemory.
+
+    On a GPU every slice is padded to `limit` crops (copies of its last one; their answers are dropped): libraries
+    such as cuDNN choose their algorithm by the input's shape, so a crop's patch could change by one level with
+    the number of crops that happened to be merged with it (which depends on timing). One shape per run keeps the
+    frames, and their digest, the same from run to run (README, "Reproducible digests on a GPU")."""
 
     def __init__(self, predictor, limit: int, on_oom) -> None:
         self.predictor, self.limit, self.on_oom = predictor, limit, on_oom
+        self.pad = str(getattr(predictor, "device", "cpu")).startswith("cuda")
 
     def predict(self, batch: CropBatch) -> PatchBatch:
         while True:
             try:
-                parts = [self.predictor.predict(self._slice(batch, i)) for i in range(0, len(batch), self.limit)]
+                parts = [self._predict(self._slice(batch, i)) for i in range(0, len(batch), self.limit)]
                 return concat_patches(parts)
             except OutOfMemory as exc:
                 if self.limit <= 1:
@@ -58,6 +67,21 @@ class AdaptivePredictor:
     def _slice(self, batch: CropBatch, start: int) -> CropBatch:
         end = start + self.limit
         return CropBatch(batch.crops[start:end], batch.refs[start:end], batch.cond[start:end])
+
+    def _predict(self, batch: CropBatch) -> PatchBatch:
+        n = len(batch)
+        if not self.pad or n == self.limit or n == 0:
+            return self.predictor.predict(batch)
+        more = self.limit - n
+        padded = CropBatch(*(_pad(np.asarray(a), more) for a in (batch.crops, batch.refs, batch.cond)))
+        answer = self.predictor.predict(padded)
+        alphas = answer.alphas if len(answer.alphas) == 1 else answer.alphas[:n]
+        return PatchBatch(answer.patches[:n], alphas)
+
+
+def _pad(rows: np.ndarray, more: int) -> np.ndarray:
+    """`rows` with `more` copies of its last row after them."""
+    return np.concatenate([rows, np.repeat(rows[-1:], more, axis=0)])
 
 
 class CheckedPredictor:
@@ -121,9 +145,9 @@ class FaultInjector:
         if self.fault.startswith("oom_above:") and len(batch) > int(self.fault.split(":")[1]):
             raise OutOfMemory(f"injected CUDA out of memory for a batch of {len(batch)} (DHGEN_TEST_FAULT)")
         if self.fault.startswith("broken_cuda_once:") and _first_to_create(self.fault.partition(":")[2]):
-            import torch
+            from dhgen.models.torch_backend import cuda_error
 
-            raise torch.AcceleratorError("injected CUDA error: an illegal memory access was encountered")
+            raise cuda_error("an illegal memory access was encountered (injected: DHGEN_TEST_FAULT)")
         return self.predictor.predict(batch)
 
     def audio_features(self, samples: np.ndarray) -> np.ndarray:
@@ -146,6 +170,14 @@ def context_broken(exc: BaseException) -> bool:
     from dhgen.models.torch_backend import is_cuda_context_broken
 
     return is_cuda_context_broken(exc)
+
+
+def broken_context_words(record: dict) -> str:
+    """How the death of a process that ended itself for a broken CUDA context is explained, from the error record
+    it left (`failure_record` of the CUDA error): "because its CUDA context broke: AcceleratorError: CUDA error:
+    ..."."""
+    lines = str(record.get("message", "")).strip().splitlines() or ["(no message)"]
+    return f"because its CUDA context broke: {record.get('type', 'error')}: {lines[0]}"
 
 
 def _is_cuda_oom(exc: BaseException) -> bool:
@@ -179,14 +211,35 @@ def load_model(options: ModelOptions) -> Predictor:
     """The predictor for `options.name` on its resolved device and precision (see `resolve_device`)."""
     family = get_family(options.name)
     device = resolve_device(options)
+    _inject_load_fault(family.name, device)
     try:
         predictor = family.load(options.checkpoint, device, resolve_dtype(options.precision, device))
     except Exception as exc:
         if _is_cuda_oom(exc):
-            raise OutOfMemory(f"CUDA out of memory loading {family.name} on {device}") from exc
+            raise OutOfMemory(f"CUDA out of memory loading {family.name} on {device}: {first_line(exc)}") from exc
+        if context_broken(exc):
+            raise ModelLoadError(
+                f"cannot load {family.name} on {device}: {first_line(exc)}", hint=DEVICE_LOAD_HINT
+            ) from exc
         raise
     log.info("loaded model %s on %s", family.name, device)
     return predictor
+
+
+DEVICE_LOAD_HINT = (
+    "the GPU refused the model, not the checkpoint: check `nvidia-smi` for another process holding it, its compute "
+    "mode (EXCLUSIVE_PROCESS admits one process) and ECC errors; or leave that GPU out with CUDA_VISIBLE_DEVICES"
+)
+
+
+def _inject_load_fault(name: str, device: str) -> None:
+    fault = os.environ.get("DHGEN_TEST_FAULT", "")
+    if fault.startswith("load_fails_once:") and _first_to_create(fault.partition(":")[2]):
+        raise ModelLoadError(
+            f"cannot load {name} on {device}: CUDA error: CUDA-capable device(s) is/are busy or unavailable "
+            "(injected: DHGEN_TEST_FAULT)",
+            hint=DEVICE_LOAD_HINT,
+        )
 
 
 def load_for_serving(options: ModelOptions, threads: int | None = None) -> CheckedPredictor:

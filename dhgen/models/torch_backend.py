@@ -4,13 +4,15 @@
 `forward(crops, refs, cond) -> (patches, alphas)` takes uint8 (B, S, S, 3) BGR crops and refs and the float32
 conditioning as tensors on the device, and returns uint8 (B, S, S, 3) BGR patches and uint8 (B or 1, S, S)
 alphas (see `dhgen.models.CropBatch` / `PatchBatch`). It owns everything around the forward: host/device copies,
-`torch.inference_mode`, fp16 autocast on CUDA, and turning a CUDA out-of-memory error into `OutOfMemory`.
+`torch.inference_mode`, fp16 autocast on CUDA (for eager modules), and turning a CUDA out-of-memory error into
+`OutOfMemory`; `is_cuda_oom` / `is_cuda_context_broken` give CUDA errors their type.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 
 import numpy as np
 import torch
@@ -25,7 +27,25 @@ DEVICE_HINT = "use --device cpu, or --device auto to pick a GPU when there is on
 
 def resolve_device(name: str) -> str:
     """`auto` -> `cuda` when CUDA is available, else `cpu`; `auto:N` -> `cuda:N` when that GPU is usable, else
-    `cpu` (a GPU box whose torch is a CPU build still renders); `cpu`, `cuda`, `cuda:N` are checked and returned."""
+    `cpu` (a GPU box whose torch is a CPU build still renders); `cpu`, `cuda`, `cuda:N` are checked and returned.
+    A process that will use CUDA is made deterministic first (`deterministic_cuda`)."""
+    device = _resolve(name)
+    if device.startswith("cuda"):
+        deterministic_cuda()
+    return device
+
+
+def deterministic_cuda() -> None:
+    """The same inputs give the same patches on this GPU, run after run: cuDNN picks its algorithms by a fixed rule
+    rather than by timing them (`benchmark` off) and only deterministic ones, as does every torch op that has a
+    choice. cuBLAS needs its workspace fixed for that, before its first call in the process (the variable)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _resolve(name: str) -> str:
     name = name.strip().lower()
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -51,31 +71,68 @@ def resolve_device(name: str) -> str:
     return name
 
 
+# What CUDA libraries say in the text of the plain RuntimeError torch raises for them (no type of their own):
+# cuBLAS "CUDA error: CUBLAS_STATUS_... when calling `...`", cuDNN "cuDNN error: CUDNN_STATUS_...", CUDA runtime and
+# driver errors before torch 2.8 (no `torch.AcceleratorError` yet) and from extensions (STD_CUDA_CHECK)
+# "CUDA error: ..." / "CUDA driver error: ...".
+CUDA_OOM_WORDS = ("CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED")
+CUDA_FAILURE_WORDS = ("CUDA error", "CUDA driver error", "CUDNN_STATUS_EXECUTION_FAILED")
+
+
 def is_cuda_oom(exc: BaseException) -> bool:
     """True for torch's CUDA out-of-memory errors: the typed one, or the plain RuntimeError that CUDA library
-    calls (cuBLAS/cuDNN workspaces, `CUDA error: out of memory`) still raise. This is the one place dhgen reads
-    an error's text, to give it a type; everything downstream decides by type."""
+    calls (cuBLAS/cuDNN workspaces and handles: `*_STATUS_ALLOC_FAILED`, `CUDA error: out of memory`) still raise.
+    This (with `is_cuda_context_broken`) is the one place dhgen reads an error's text, to give it a type;
+    everything downstream decides by type."""
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return True
+    if not isinstance(exc, RuntimeError):
+        return False
     text = str(exc)
-    return isinstance(exc, RuntimeError) and "out of memory" in text and ("CUDA" in text or "cuda" in text)
+    return ("out of memory" in text and "CUDA" in text.upper()) or any(w in text for w in CUDA_OOM_WORDS)
 
 
 def is_cuda_context_broken(exc: BaseException) -> bool:
     """True for a CUDA error after which this process's CUDA context cannot be trusted (an illegal memory access,
-    a launch failure: torch raises them as `torch.AcceleratorError`), out-of-memory excepted. The process must end
-    so that a fresh one replaces it; retrying in the same process fails forever."""
-    return isinstance(exc, torch.AcceleratorError) and not is_cuda_oom(exc)
+    a launch failure, a failed cuBLAS/cuDNN execution), out-of-memory excepted. torch 2.8 and later raise most of
+    them as `torch.AcceleratorError`; older torch, cuBLAS, cuDNN and extensions raise a plain RuntimeError whose
+    text names the CUDA error. The process must end so that a fresh one replaces it; retrying in the same process
+    fails forever (an error that a fresh process repeats ends the model after a few restarts, with its text)."""
+    if not isinstance(exc, RuntimeError) or is_cuda_oom(exc):
+        return False
+    accelerator_error = getattr(torch, "AcceleratorError", None)  # torch >= 2.8
+    if accelerator_error is not None and isinstance(exc, accelerator_error):
+        return True
+    text = str(exc)
+    return any(w in text for w in CUDA_FAILURE_WORDS)
+
+
+def cuda_error(message: str) -> RuntimeError:
+    """The exception this torch raises for a CUDA runtime error with `message` (for the test hook): an
+    `AcceleratorError` where torch has it (2.8+), else the plain RuntimeError older torch raises."""
+    cls = getattr(torch, "AcceleratorError", RuntimeError)
+    return cls(f"CUDA error: {message}")
 
 
 class TorchPredictor:
-    """A family's module on one device: `predict(CropBatch) -> PatchBatch`, numpy in, numpy out."""
+    """A family's module on one device: `predict(CropBatch) -> PatchBatch`, numpy in, numpy out. `dtype` float16
+    runs it under fp16 autocast on CUDA, unless `autocast` is False (a module whose weights are already in the
+    precision it runs in, such as a TorchScript graph: PyTorch does not support autocast for those)."""
 
-    def __init__(self, name: str, crop_size: int, model: torch.nn.Module, device: str, dtype: str = "float32") -> None:
+    def __init__(
+        self,
+        name: str,
+        crop_size: int,
+        model: torch.nn.Module,
+        device: str,
+        dtype: str = "float32",
+        autocast: bool = True,
+    ) -> None:
         self.name, self.crop_size = name, crop_size
         self.model = model
         self._device = torch.device(device)
-        self.dtype = dtype if self._device.type == "cuda" else "float32"  # fp16 autocast on CUDA only
+        self.dtype = dtype if self._device.type == "cuda" else "float32"  # fp16 on CUDA only
+        self._autocast_fp16 = autocast and self.dtype == "float16"
 
     @property
     def device(self) -> str:
@@ -112,7 +169,7 @@ class TorchPredictor:
         return [t.to(self._device, non_blocking=non_blocking) for t in tensors]
 
     def _autocast(self):
-        if self.dtype == "float16":
+        if self._autocast_fp16:
             return torch.autocast("cuda", dtype=torch.float16)
         return contextlib.nullcontext()
 

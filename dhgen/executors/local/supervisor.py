@@ -16,9 +16,12 @@ arrive; the feed's wake-up is one more thing `wait()` watches. A cancelled job's
 one, and its record ends `cancelled`.
 
 Liveness comes from process sentinels, never from a receive that timed out. A child that died is named (exit
-code, signal, the tail of its crash file). A dead worker is replaced and the batches it held are replayed, so
-jobs go on; a dead job process costs its job one attempt. Stalls are judged from progress counters. Retries
-are decided by the error's type. Pipes of a dead child are closed, never reused.
+code, signal, the tail of its crash file, and the CUDA error of a worker whose CUDA context broke). A dead worker
+is replaced and the batches it held are replayed, so jobs go on; a dead job process costs its job one attempt.
+A worker that cannot load the model, or keeps dying before it serves, is given up (its GPU is lost, not the run)
+while another serves; when none is left, the model has failed and every waiting batch fails with its error.
+Stalls are judged from progress counters. Retries are decided by the error's type. Pipes of a dead child are
+closed, never reused.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from multiprocessing.connection import wait
 from pathlib import Path
 
 from dhgen import events
+from dhgen.encoders import family, on_gpu
 from dhgen.errors import (
     Cancelled,
     JobProcessCrashed,
@@ -62,9 +66,11 @@ from dhgen.executors.local.workerproc import worker_main
 from dhgen.executors.shares import job_threads, worker_threads
 from dhgen.executors.slots import JobSlot, retrying, take_from
 from dhgen.executors.stopping import StopSignals
+from dhgen.gpus import least_busy_gpu, visible_gpu_count
 from dhgen.liveness import PROGRESS_EVERY_S, AttemptProgress, Limits
 from dhgen.manifest import Job
 from dhgen.models import get_family
+from dhgen.models.serving import broken_context_words
 from dhgen.options import RenderOptions, RunOptions, job_options
 from dhgen.results import JobRecord, fill_outcome, note_served, utc_now
 from dhgen.retry import RetryPolicy
@@ -107,6 +113,7 @@ class _Attempt:
     progress: AttemptProgress
     outstanding: set = field(default_factory=set)
     ended_as: dict | None = None  # set when the supervisor killed it (stall, timeout)
+    gpu: int | None = None  # the GPU its NVENC session is on
 
     @property
     def proc(self) -> mp.process.BaseProcess:
@@ -132,6 +139,7 @@ class _Worker:
     served: int = 0
     stalled: bool = False
     last_event: float = 0.0  # when worker_progress was last emitted
+    broken: dict | None = None  # the CUDA error that broke its context (from its "broken", before it exits)
 
 
 class Supervisor:
@@ -165,7 +173,12 @@ class Supervisor:
         self._spawned = 0
         self._inbox = Inbox()
         self._tmp = Path(tempfile.mkdtemp(prefix="dhgen-run-"))
-        self._dispatch_seq, self._fruitless, self._fatal = 0, 0, None
+        self._dispatch_seq, self._fatal = 0, None
+        self._fruitless: dict[int, int] = {}  # worker index -> its deaths in a row before serving anything
+        self._lost: dict[int, dict] = {}  # worker index -> why it was given up (not replaced)
+        self._lost_told: set[int] = set()  # given-up workers whose incident was emitted
+        self._devices: dict[int, str] = {}  # worker index -> its device
+        self._nvenc_gpus = visible_gpu_count() if family(self.options.encode.encoder) == "nvenc" else 0
         self._stop = StopSignals(self._kill_children_now)
         self._stop.__enter__()
         feed.wake_with(self._inbox.wake)
@@ -253,6 +266,7 @@ class Supervisor:
         return proc, Channel(key, parent_end, self._inbox), crash_path
 
     def _start_worker(self, index: int, device: str) -> None:
+        self._devices[index] = device
         options = dataclasses.replace(self.options.model, device=device)
         proc, channel, crash_path = self._spawn("worker", index, worker_main, (options,), self._threads(device))
         now = time.monotonic()
@@ -282,9 +296,12 @@ class Supervisor:
         slot.begin_attempt(time.monotonic())
         process = self._idle_job_process() or self._spawn_job_process()
         process.slot = slot
-        process.channel.send(("job", slot.job, job_options(self.options, slot.job, slot.record.errors)))
+        options = job_options(self.options, slot.job, slot.record.errors)
+        gpu = least_busy_gpu(self._nvenc_gpus, (s.running.gpu for s in self._slots.values() if s.running))
+        options = dataclasses.replace(options, encode=on_gpu(options.encode, gpu))  # spread NVENC sessions
+        process.channel.send(("job", slot.job, options))
         now = time.monotonic()
-        slot.running = _Attempt(process, AttemptProgress(started=now, last_activity=now))
+        slot.running = _Attempt(process, AttemptProgress(started=now, last_activity=now), gpu=options.encode.gpu)
         self._emit(events.job_started(slot.job.id, slot.attempt_no, process.proc.pid))
 
     def _idle_job_process(self) -> _JobProcess | None:
@@ -341,10 +358,10 @@ class Supervisor:
             worker.ready = True
             worker.device, worker.dtype = message[1]["device"], message[1]["dtype"]  # what "auto:N" turned out to be
             self._emit(events.worker_started(worker.index, message[1]["pid"], message[1]["device"]))
+            self._settle_lost_workers()
         elif kind == "result":
             _, dispatch_id, results = message
             worker.served += 1
-            self._fruitless = 0
             if worker.last_reply - worker.last_event >= PROGRESS_EVERY_S:
                 worker.last_event = worker.last_reply
                 self._emit(events.worker_progress(worker.index, worker.proc.pid, worker.served))
@@ -361,8 +378,11 @@ class Supervisor:
                 f"to {message[1]['batch_size']}"
             ).to_record()
             self._incident(incident, self._slots_of(worker), worker=worker.index, batch_size=message[1]["batch_size"])
+        elif kind == "broken":
+            worker.broken = message[1]
         elif kind == "fatal":
-            self._model_failed(message[1])
+            self._lost[worker.index] = message[1]
+            self._settle_lost_workers()
 
     def _deliver(self, item: _Item, message) -> None:
         slot = item.slot
@@ -429,26 +449,42 @@ class Supervisor:
             self._on_message(key, message)
         worker.channel.close()
         del self._workers[worker.index]
-        if self._fatal is not None:
+        if self._fatal is not None or worker.index in self._lost:
             return
         incident = self._death_record(
-            WorkerCrashed, "inference worker", worker.proc, worker.crash_path, stalled=worker.stalled
+            WorkerCrashed, "inference worker", worker.proc, worker.crash_path, stalled=worker.stalled, why=worker.broken
         )
         jobs = self._slots_of(worker)
         replay = [item for items in worker.in_flight.values() for item in items]
         self._queue.extendleft(reversed(replay))
-        self._fruitless = self._fruitless + 1 if worker.served == 0 else 1
-        if self._fruitless > MAX_FRUITLESS_RESTARTS:
-            self._model_failed(
-                {
-                    **incident,
-                    "message": incident["message"] + f"; it died {self._fruitless} times "
-                    "in a row before serving a batch, so dhgen stopped restarting it",
-                }
-            )
+        fruitless = self._fruitless.get(worker.index, 0) + 1 if worker.served == 0 else 1
+        self._fruitless[worker.index] = fruitless
+        if fruitless > MAX_FRUITLESS_RESTARTS:
+            self._incident(incident, jobs, worker=worker.index, action=f"{len(replay)} batches replayed")
+            self._lost[worker.index] = {
+                **incident,
+                "message": incident["message"] + f"; it died {fruitless} times in a row before serving a batch, "
+                "so dhgen stopped restarting it",
+            }
+            self._settle_lost_workers()
             return
         self._incident(incident, jobs, worker=worker.index, action=f"worker replaced, {len(replay)} batches replayed")
         self._start_worker(worker.index, worker.device)
+
+    def _settle_lost_workers(self) -> None:
+        """Workers given up (`_lost`) cost only their GPU while another worker serves: each is told once, as an
+        incident, when one does. When every worker is given up, the model has failed (the first one's error)."""
+        if self._fatal is not None or not self._lost:
+            return
+        if any(w.ready and w.index not in self._lost for w in self._workers.values()):
+            for index, record in self._lost.items():
+                if index not in self._lost_told:
+                    self._lost_told.add(index)
+                    others = sum(1 for w in self._workers.values() if w.index not in self._lost)
+                    action = f"worker given up; {others} other worker(s) serve the run"
+                    self._emit(events.incident(record, worker=index, device=self._devices[index], action=action))
+        elif all(w.index in self._lost for w in self._workers.values()):
+            self._model_failed(next(iter(self._lost.values())))
 
     def _job_process_died(self, process: _JobProcess) -> None:
         process.channel.wait_eof(1.0)
@@ -468,10 +504,13 @@ class Supervisor:
         _remove_partial(slot.job.output, process.proc.pid)
         self._attempt_failed(slot, record)
 
-    def _death_record(self, cls, what: str, proc, crash_path: Path, stalled: bool = False) -> dict:
+    def _death_record(self, cls, what: str, proc, crash_path: Path, stalled: bool = False, why=None) -> dict:
+        """The record of a child that died; `why`: the error record it sent before it ended itself, if any."""
         words, signame = describe_exit(proc.exitcode)
         if stalled:
             cls, words = Stalled, f"made no progress for {self.run_options.stall_timeout:g}s and was killed"
+        if why is not None:
+            words += " " + broken_context_words(why)
         record = cls(f"{what} (pid {proc.pid}) {words}").to_record()
         record.update({"pid": proc.pid, "exitcode": proc.exitcode, "signal": signame, "time": utc_now()})
         tail = crash_tail(crash_path)
@@ -596,14 +635,3 @@ def _remove_partial(output: Path, pid: int | None) -> None:
             temp_path_for(Path(output), pid).unlink(missing_ok=True)
         except OSError:  # e.g. the output's folder is a file: the job never got to write anything
             pass
-
-
-def visible_gpu_count() -> int:
-    """NVIDIA GPUs this process may use, without importing torch (CUDA_VISIBLE_DEVICES is honoured)."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
-    try:
-        return len([d for d in os.listdir("/proc/driver/nvidia/gpus")])
-    except OSError:
-        return 0

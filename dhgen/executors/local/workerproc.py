@@ -5,12 +5,15 @@ From the supervisor: ("batch", dispatch_id, [CropBatch | AudioRequest, ...]) or 
 message}) when it halves its batch size after an out-of-memory error, ("error", dispatch_id, record) when a batch
 raised, ("fatal", record) when the model cannot be loaded (the worker then exits). Crops from several jobs are
 run as one forward pass, in slices of at most the current batch size (`dhgen.models.serving`). A worker whose
-CUDA context breaks exits (code 70) to be replaced.
+CUDA context breaks says why (("broken", record): the CUDA error's type and message; its traceback goes to the
+crash file) and exits (code 70) to be replaced.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -53,7 +56,19 @@ def _serve(conn: Connection, predictor: AdaptivePredictor) -> None:
             answers = answer_requests(predictor, requests)
         except Exception as exc:  # noqa: BLE001 - the jobs that sent this batch get the error
             if context_broken(exc):
-                os._exit(EXIT_CONTEXT_BROKEN)  # replaced by the supervisor, which replays the batch
+                _end_broken(conn, exc)
             conn.send(("error", dispatch_id, failure_record(exc)))
             continue
         conn.send(("result", dispatch_id, answers))
+
+
+def _end_broken(conn: Connection, exc: BaseException) -> None:
+    """The CUDA context is broken: tell the supervisor the CUDA error, leave its traceback in the crash file (this
+    process's stderr), and exit so that the supervisor replaces this worker and replays its batches."""
+    traceback.print_exception(exc, file=sys.stderr)
+    sys.stderr.flush()
+    try:
+        conn.send(("broken", failure_record(exc)))
+    except OSError:
+        pass  # the supervisor is gone
+    os._exit(EXIT_CONTEXT_BROKEN)

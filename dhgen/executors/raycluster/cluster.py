@@ -27,6 +27,9 @@ LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # read by ray._private.ra
 REACH_TIMEOUT_S = 5.0  # for the TCP check of a HOST:PORT address before Ray connects
 PROBE_TIMEOUT_S = 60.0  # a node that has not answered the doctor's probe by then is reported as not answering
 RAY_HINT = "install the extra on the driver and on every node: pip install 'dhgen[ray]'"
+# For a task that asks for no GPU but uses the node's (a job's NVENC, the doctor's probe): Ray must not hide them
+# (older Ray sets CUDA_VISIBLE_DEVICES="" for a task without GPUs).
+SEES_GPUS = {"env_vars": {"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"}}
 
 
 @dataclass(frozen=True)
@@ -159,8 +162,11 @@ def node_report() -> dict:
     import platform
 
     import dhgen
+    from dhgen.gpus import visible_gpus
 
-    report = {"dhgen": dhgen.__version__, "python": platform.python_version()}
+    gpus = visible_gpus()
+    report = {"dhgen": dhgen.__version__, "python": platform.python_version(), "driver": gpus.driver}
+    report["gpus"] = gpus.count
     try:
         import torch
 
@@ -180,7 +186,7 @@ def probe_nodes(address: str | None) -> dict:
 
         alive = [n for n in nodes(ray) if n.alive]
         # max_calls=1: the worker that imported torch for the report exits, so no job task later reuses it.
-        remote = ray.remote(num_cpus=0, max_retries=0, max_calls=1)(node_report)
+        remote = ray.remote(num_cpus=0, max_retries=0, max_calls=1, runtime_env=SEES_GPUS)(node_report)
         refs = [
             remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n.node_id, soft=False)).remote()
             for n in alive

@@ -27,7 +27,7 @@ from dhgen import events
 from dhgen.errors import Cancelled, DhgenError, JobProcessCrashed, MissingInputError, UsageError, reason
 from dhgen.events import EventFn
 from dhgen.executors.feed import JobFeed
-from dhgen.executors.raycluster.cluster import Connection
+from dhgen.executors.raycluster.cluster import SEES_GPUS, Connection
 from dhgen.executors.raycluster.failures import job_failure, node_lost
 from dhgen.executors.raycluster.jobtask import TaskSpec, remove_work_folder, run_job
 from dhgen.executors.raycluster.pool import Actor, Node, Pool
@@ -262,9 +262,11 @@ class RayExecutor:
             threads=self._pool.job_threads(actor),
             shared_fs=self.run_options.ray_shared_fs,
             actor_patience_s=self._limits.allowance(False),
+            gpu_ids=actor.gpu_ids,
         )
         strategy = NodeAffinitySchedulingStrategy(actor.node.node_id, soft=False)
-        stream = self._task.options(**TASK_OPTIONS, scheduling_strategy=strategy).remote(
+        gpu_node = {"runtime_env": SEES_GPUS} if actor.gpu else {}  # its NVENC runs on the actor's GPU
+        stream = self._task.options(**TASK_OPTIONS, **gpu_node, scheduling_strategy=strategy).remote(
             spec, audio, avatar, actor.handle
         )
         slot.running = _Attempt(stream, actor, AttemptProgress(started=now, last_activity=now))

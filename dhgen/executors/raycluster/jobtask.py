@@ -30,10 +30,13 @@ from pathlib import Path
 import ray
 import ray.exceptions as rex
 
+from dhgen.encoders import on_gpu, resolve_here
 from dhgen.errors import WorkerCrashed, error_from_record, failure_record
 from dhgen.executors.shares import limit_threads
+from dhgen.gpus import cuda_index
 from dhgen.manifest import Job
 from dhgen.models import CropBatch, PatchBatch
+from dhgen.models.serving import broken_context_words
 from dhgen.options import RenderOptions, default_cache_dir
 from dhgen.results import utc_now
 from dhgen.writer import output_error
@@ -53,6 +56,7 @@ class TaskSpec:
     threads: int  # this job's share of the node's cores
     shared_fs: bool
     actor_patience_s: float  # how long to wait for a restarted actor before the attempt fails
+    gpu_ids: tuple = ()  # the node's GPU(s) of the job's inference actor (Ray's ids): NVENC encodes there
 
 
 def run_job(spec: TaskSpec, audio: bytes | None, avatar: bytes | None, actor) -> Iterator[tuple]:
@@ -122,8 +126,10 @@ class ActorInference:
 
     When the actor's process dies Ray restarts it; every batch still out is then sent again to the restarted
     actor (replayed, in order), and the job reports WorkerCrashed once per replacement (an answer from another
-    pid). If the actor does not come back within `actor_patience_s`, or the driver gave up on it, the attempt
-    fails with WorkerCrashed (retryable: the driver re-runs the job where an actor works).
+    pid). An actor whose CUDA context broke answers {"broken": record} until it ends itself: the same replay, and
+    the incident names the CUDA error. If the actor does not come back within `actor_patience_s`, or the driver
+    gave up on it, the attempt fails with WorkerCrashed (retryable: the driver re-runs the job where an actor
+    works).
     """
 
     def __init__(self, actor, report, spec: TaskSpec) -> None:
@@ -132,6 +138,7 @@ class ActorInference:
         self._next = 0
         self._pid: int | None = None  # the actor process that answered last
         self._replayed = 0  # batches sent again since the last answer
+        self._broken: dict | None = None  # why the actor process that answered last is ending, if it said
 
     def submit(self, batch: CropBatch) -> int:
         self._next += 1
@@ -144,7 +151,6 @@ class ActorInference:
         while True:
             try:
                 answer = ray.get(self._out[ticket][1])
-                break
             except (rex.ActorDiedError, rex.ActorUnschedulableError) as exc:  # for good: given up on, or no node
                 raise WorkerCrashed(
                     f"the inference actor of job {self._spec.job.id} is gone: {_first_line(exc)}"
@@ -152,6 +158,12 @@ class ActorInference:
             except rex.RayActorError:  # its process died (Ray restarts it) or it is unreachable for now
                 deadline = deadline or time.monotonic() + self._spec.actor_patience_s
                 self._replay(deadline)
+                continue
+            if "broken" not in answer:
+                break
+            self._pid, self._broken = answer["pid"], answer["broken"]  # it is ending; Ray restarts it
+            deadline = deadline or time.monotonic() + self._spec.actor_patience_s
+            self._replay(deadline)
         del self._out[ticket]
         self._report(("waiting", False))
         self._note(answer["pid"])
@@ -172,13 +184,16 @@ class ActorInference:
 
     def _note(self, pid: int) -> None:
         if self._replayed and pid != self._pid:
+            why = f" {broken_context_words(self._broken)}" if self._broken else ""
             error = WorkerCrashed(
-                f"the inference actor (pid {self._pid or '?'}) serving job {self._spec.job.id} died; "
+                f"the inference actor (pid {self._pid or '?'}) serving job {self._spec.job.id} died{why}; "
                 f"its replacement (pid {pid}) got the job's {self._replayed} outstanding batch(es) again"
             )
             record = {**error.to_record(), "pid": self._pid, "replacement_pid": pid, "replayed": self._replayed}
+            if self._broken:
+                record["crash_tail"] = self._broken["crash_tail"]
             self._report(("incident", {**record, "time": utc_now()}))
-        self._pid, self._replayed = pid, 0
+        self._pid, self._replayed, self._broken = pid, 0, None
 
 
 def _render(job: Job, options: RenderOptions, inference: ActorInference, messages: queue.SimpleQueue) -> None:
@@ -193,9 +208,11 @@ def _render(job: Job, options: RenderOptions, inference: ActorInference, message
 
 
 def _node_options(spec: TaskSpec) -> RenderOptions:
-    """The job's options on this node: its share of threads, and this node's face cache."""
+    """The job's options on this node: its share of threads, this node's face cache, and the encoder `auto` takes
+    here (NVENC where it opens on this node, on its actor's GPU)."""
     options = spec.options
-    encode = options.encode
+    gpu = cuda_index(spec.gpu_ids, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    encode = on_gpu(resolve_here(options.encode), gpu)
     if encode.threads == 0:
         encode = dataclasses.replace(encode, threads=spec.threads)
     face = dataclasses.replace(options.face, cache_dir=default_cache_dir())

@@ -32,6 +32,7 @@ from dhgen.executors.raycluster.failures import actor_died, node_lost
 from dhgen.executors.shares import job_threads, worker_threads
 from dhgen.liveness import PROGRESS_EVERY_S, Limits
 from dhgen.models import get_family
+from dhgen.models.serving import broken_context_words
 from dhgen.options import RenderOptions, RunOptions
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ class Actor:
     pid: int | None = None
     device: str = "?"
     dtype: str | None = None
+    gpu_ids: tuple = ()  # the node's GPU(s) Ray gave it (its jobs encode with NVENC there)
+    broken: dict | None = None  # the CUDA error its process reported before ending itself
     served: int = 0  # forward passes of the current process
     pending: int = 0  # requests it holds, as last reported
     progress_at: float = 0.0  # when `served` last moved (or work became pending)
@@ -225,7 +228,7 @@ class Pool:
             if not actor.usable:
                 return
         actor.ready, actor.pid, actor.device, actor.served, actor.pending = True, item["pid"], item["device"], 0, 0
-        actor.dtype = item.get("dtype")
+        actor.dtype, actor.gpu_ids, actor.broken = item.get("dtype"), tuple(item.get("gpu_ids", ())), None
         actor.progress_at = actor.busy_at = now
         actor.death_noted = False
         self._emit(
@@ -241,6 +244,7 @@ class Pool:
         if item["pending"] and not actor.pending:
             actor.progress_at = max(actor.progress_at, now)  # the stall clock starts when work is pending
         actor.pending = item["pending"]
+        actor.broken = item.get("broken") or actor.broken
         if actor.pending:
             actor.busy_at = now
         for oom in item.get("ooms", []):
@@ -261,7 +265,11 @@ class Pool:
     def _actor_died(self, actor: Actor, error: BaseException | None, now: float) -> None:
         """The process of the actor died (or was killed as stalled): Ray restarts it, unless it keeps dying."""
         what = f"made no progress for {self.run.stall_timeout:g}s and was killed" if actor.stalled else "died"
+        if actor.broken:
+            what = f"ended itself {broken_context_words(actor.broken)}"
         record = actor_died(actor.index, actor.node, actor.pid, error, what)
+        if actor.broken:
+            record["crash_tail"], actor.broken = actor.broken["crash_tail"], None
         if actor.stalled:
             record["type"], record["hint"] = Stalled.__name__, Stalled.default_hint
         actor.fruitless = actor.fruitless + 1 if actor.served == 0 else 1

@@ -13,6 +13,11 @@ Output: the 96x96 face (BGR, [0, 1]); only its lower half is pasted back, throug
 Checkpoints (`load_generator`): the training format `{"state_dict": ...}` or a bare state dict (a DataParallel
 `module.` prefix is stripped, only as a prefix), or a TorchScript archive whose `forward(mel, face)` is the
 generator. Anything else is a `ModelLoadError` naming the file and the keys that do not fit.
+
+Precision: a state-dict generator runs under fp16 autocast on CUDA when --precision says fp16; a TorchScript
+generator is not put under autocast (PyTorch supports autocast for eager modules, not for scripted graphs): its
+weights are cast to the precision that will run (fp16 on CUDA with fp16, else fp32), and the probe that checks
+it runs in that precision.
 """
 
 from __future__ import annotations
@@ -135,14 +140,15 @@ def strip_prefix(state_dict: Mapping[str, object], prefix: str = DP_PREFIX) -> d
     return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in state_dict.items()}
 
 
-def load_generator(checkpoint: Path, device: str | torch.device) -> nn.Module:
-    """The generator in `checkpoint`, on `device`, in eval mode; `ModelLoadError` if the file is not one."""
+def load_generator(checkpoint: Path, device: str | torch.device, dtype: str = "float32") -> nn.Module:
+    """The generator in `checkpoint`, on `device`, in eval mode; `ModelLoadError` if the file is not one. `dtype`
+    (float16 / float32): the precision it will run in (a TorchScript generator is cast to it)."""
     path = Path(checkpoint)
     if not path.is_file():
         what = "is not a file" if path.exists() else "does not exist"
         raise ModelLoadError(f"checkpoint {what}", path=path, hint="check --checkpoint; " + CHECKPOINT_HINT)
     if _is_torchscript(path):
-        model = _load_torchscript(path, device)
+        model = _load_torchscript(path, device, _scripted_dtype(dtype, device))
     else:
         model = Wav2Lip()
         model.load_state_dict(_matching_state_dict(path, model))
@@ -160,7 +166,12 @@ def _is_torchscript(path: Path) -> bool:
         return False
 
 
-def _load_torchscript(path: Path, device) -> nn.Module:
+def _scripted_dtype(dtype: str, device) -> torch.dtype:
+    """What a TorchScript generator runs in: fp16 only on CUDA (and only when asked), fp32 otherwise."""
+    return torch.float16 if dtype == "float16" and torch.device(device).type == "cuda" else torch.float32
+
+
+def _load_torchscript(path: Path, device, dtype: torch.dtype) -> nn.Module:
     try:
         model = torch.jit.load(str(path), map_location=device)
     except torch.cuda.OutOfMemoryError:
@@ -169,7 +180,8 @@ def _load_torchscript(path: Path, device) -> nn.Module:
         raise ModelLoadError(
             f"cannot read TorchScript checkpoint: {first_line(exc)}", path=path, hint=CHECKPOINT_HINT
         ) from exc
-    _probe(model, path, device)
+    model = model.to(dtype=dtype)  # an fp16 export runs fp32 where fp32 was asked for (and on the CPU)
+    _probe(model, path, device)  # in the precision that will run
     return model
 
 
@@ -291,6 +303,9 @@ class Wav2LipModel(nn.Module):
 
 
 def load_predictor(checkpoint: Path, device: str, dtype: str) -> TorchPredictor:
-    """The predictor for a `.pth` / TorchScript checkpoint on `device` (already resolved: cpu, cuda, cuda:N)."""
-    model = Wav2LipModel(load_generator(checkpoint, device)).to(device).eval()
-    return TorchPredictor("wav2lip", FACE_SIZE, model, device, dtype)
+    """The predictor for a `.pth` / TorchScript checkpoint on `device` (already resolved: cpu, cuda, cuda:N) in
+    precision `dtype` (see the module docstring)."""
+    generator = load_generator(checkpoint, device, dtype)
+    model = Wav2LipModel(generator).to(device).eval()
+    scripted = isinstance(generator, torch.jit.ScriptModule)
+    return TorchPredictor("wav2lip", FACE_SIZE, model, device, dtype, autocast=not scripted)
