@@ -29,7 +29,7 @@ __all__ = ["RayExecutor"]
 
 def __getattr__(name: str):
     if name == "RayExecutor":
-        from dhgen.executors.raycluster.executor import RayExecutor
+        from dhgen.executors.raycluster.supervisor import RayExecutor
 
         return RayExecutor
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,12 +1,14 @@
 """The Ray driver loop: jobs become remote tasks on the nodes of the cluster, watched like local job processes.
+It runs in the driver process (`driverproc`), which the dhgen process supervises (`supervisor.RayExecutor`).
 
 Each attempt of a job is one streaming task (`jobtask.run_job`) pinned to the node of the actor it uses. The loop
 waits on every attempt's stream and every actor's watch stream at once (`ray.wait`, TICK_S), and from what
 arrives it emits events, judges stalls and timeouts (`dhgen.liveness`), retries by type (`dhgen.retry`) and
 fills records (`dhgen.results`); Ray's own retries are off. Without a shared filesystem it ships each input file
 to the object store once (`Inputs`) and writes each finished MP4 it receives (temp file + fsync + rename).
-SIGINT/SIGTERM, or any end: every task of the run is cancelled (force), every actor killed, partial files and
-the nodes' temp folders removed.
+The node table comes from the head watch (`cluster.HeadWatch`), so the loop never waits on the head. A stop asked
+for by the dhgen process (its SIGINT/SIGTERM), or any end: every task of the run is cancelled (force), every actor
+killed, partial files and the nodes' temp folders removed.
 """
 
 from __future__ import annotations
@@ -24,12 +26,11 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from dhgen import events
 from dhgen.errors import DhgenError, JobProcessCrashed, MissingInputError, UsageError, reason
 from dhgen.events import EventFn
-from dhgen.executors.raycluster.cluster import Connection
+from dhgen.executors.raycluster.cluster import Connection, HeadWatch
 from dhgen.executors.raycluster.failures import job_failure, node_lost
 from dhgen.executors.raycluster.jobtask import TaskSpec, remove_work_folder, run_job
 from dhgen.executors.raycluster.pool import Actor, Node, Pool
 from dhgen.executors.slots import JobSlot, retrying
-from dhgen.executors.stopping import StopSignals
 from dhgen.liveness import AttemptProgress, Limits
 from dhgen.manifest import Job
 from dhgen.options import RenderOptions, RunOptions, job_options
@@ -57,20 +58,26 @@ class _Attempt:
     cancelled_at: float = 0.0
 
 
-class RayExecutor:
-    """Executor that runs jobs on a Ray cluster (see the package docstring)."""
+class RayDriver:
+    """The loop of the driver process (see the package docstring)."""
 
-    def __init__(self, options: RenderOptions, run: RunOptions) -> None:
+    def __init__(self, options: RenderOptions, run: RunOptions, on_connected, on_head) -> None:
+        """`on_connected(gcs_address)`: connected to the cluster; `on_head(silence)`: after each read of the node
+        table, None when the head answered, else what went wrong (`HeadWatch`)."""
         self.options, self.run_options = options, run
+        self._on_connected, self._on_head = on_connected, on_head
         self._retry = RetryPolicy(run.retries, run.backoff_s)
         self._limits = Limits.of(run)
 
-    def run(self, jobs: list[Job], fingerprints: dict, emit: EventFn) -> Iterator[JobRecord]:
+    def run(self, jobs: list[Job], fingerprints: dict, emit: EventFn, stop) -> Iterator[JobRecord]:
+        """`stop`: `.check()` raises Interrupted once a stop was asked for, `.signum` says whether one was."""
         if not jobs:
             return
         with Connection(self.run_options.ray_address) as connection:
-            self._prepare(connection.ray, jobs, fingerprints, emit)
-            with StopSignals(self._kill_now) as self._stop:
+            self._on_connected(connection.gcs_address)
+            with HeadWatch(connection.ray, self._on_head) as watch:
+                self._prepare(connection.ray, jobs, fingerprints, emit, watch)
+                self._stop = stop
                 try:
                     self._start_pool()
                     yield from self._loop()
@@ -79,7 +86,7 @@ class RayExecutor:
 
     # --- the loop ------------------------------------------------------------------------------------------
 
-    def _prepare(self, ray, jobs: list[Job], fingerprints: dict, emit: EventFn) -> None:
+    def _prepare(self, ray, jobs: list[Job], fingerprints: dict, emit: EventFn, watch: HeadWatch) -> None:
         self.ray, self._emit = ray, emit
         self._run_id = uuid.uuid4().hex[:12]
         self._slots = {job.id: JobSlot(job, new_record(job, fingerprints[job.id])) for job in jobs}
@@ -88,10 +95,10 @@ class RayExecutor:
         self._done: deque[JobRecord] = deque()
         self._inputs = None if self.run_options.ray_shared_fs else Inputs(ray, jobs)
         self._task = ray.remote(run_job)
-        self._pool = Pool(ray, self.options, self.run_options, emit, self._out_of_memory)
+        self._pool = Pool(ray, self.options, self.run_options, emit, self._out_of_memory, watch.take)
 
     def _start_pool(self) -> None:
-        self._pool.refresh(time.monotonic(), force=True)
+        self._pool.refresh(time.monotonic())
         if not self._pool.nodes:
             needs = "a GPU and a CPU" if self.options.model.device.startswith("cuda") else "a CPU"
             raise UsageError(
@@ -354,10 +361,6 @@ class RayExecutor:
             self._clean_nodes(deadline + STOP_GRACE_S)
         if self._inputs is not None:
             self._inputs.clear()
-
-    def _kill_now(self) -> None:
-        """A second SIGINT: no waiting. The actors and tasks die with this driver anyway (Ray ends an owner's)."""
-        self._pool.shutdown()
 
     def _drain(self, streams: list, deadline: float) -> None:
         """Read cancelled streams until each has ended, or the deadline."""
