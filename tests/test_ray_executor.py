@@ -3,6 +3,7 @@ processes killed and stopped by real signals, a node's raylet killed, and SIGTER
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import json
 import os
@@ -12,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -341,9 +343,9 @@ def test_a_model_that_cannot_be_loaded_fails_every_job_with_model_load_error(ray
     _wait_until(lambda: not _live_actors(), 10, "the run's actors to go")
 
 
-def _write_manifest(tmp_path: Path, n: int) -> Path:
+def _write_manifest(tmp_path: Path, n: int, audio: Path = SHORT_AUDIO) -> Path:
     manifest = tmp_path / "jobs.csv"
-    manifest.write_text("id,audio,avatar\n" + "".join(f"j{i},{SHORT_AUDIO},{AVATAR}\n" for i in range(n)))
+    manifest.write_text("id,audio,avatar\n" + "".join(f"j{i},{audio},{AVATAR}\n" for i in range(n)))
     return manifest
 
 
@@ -432,3 +434,174 @@ def test_without_an_address_a_private_ray_on_127_0_0_1_runs_the_batch_and_is_gon
     assert frame_digests(tmp_path / "o.mp4")
     assert seen and all(a in ("127.0.0.1", "[::ffff:127.0.0.1]") for addresses in seen.values() for a in addresses)
     _wait_until(lambda: not any(alive(pid) for pid in seen), 15, "the private Ray to stop")
+
+
+# --- the head lost (each on a cluster of its own: one node, the head, which runs the jobs) ------------------------
+
+HEAD_TIMEOUT_S = 3.0  # --ray-head-timeout of the head-loss tests
+
+
+@contextlib.contextmanager
+def _own_cluster(worker_node: bool = False, **head_args):
+    """A cluster of one node that runs the jobs: the head, or `worker_node` (the head then has no CPU, as the
+    README's head node)."""
+    from ray.cluster_utils import Cluster
+
+    args = {"num_cpus": 0 if worker_node else 1, "include_dashboard": False, **RAY_NODE, **head_args}
+    cluster = Cluster(initialize_head=True, head_node_args=args)
+    try:
+        if worker_node:
+            cluster.add_node(num_cpus=1, **RAY_NODE)
+        yield cluster
+    finally:
+        cluster.shutdown()
+
+
+class _Driver:
+    """`dhgen render --executor ray` in a process of its own. With --progress json its events arrive as they come
+    (every stdout line must be one); otherwise stderr has what a person sees."""
+
+    def __init__(self, manifest: Path, out: Path, address: str, *args: str, progress: str = "json") -> None:
+        cmd = [*DHGEN, "render", str(manifest), "--out", str(out), "--executor", "ray", "--ray-address", address]
+        self.process = subprocess.Popen(
+            [*cmd, "--jobs", "1", "--progress", progress, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.events = EventWatcher()
+        self.stderr: list[str] = []
+        self._readers = [
+            threading.Thread(target=self._read_events, daemon=True),
+            threading.Thread(target=lambda: self.stderr.extend(self.process.stderr), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _read_events(self) -> None:
+        for line in self.process.stdout:
+            self.events(json.loads(line))
+
+    def wait(self, timeout: float) -> int:
+        """Its exit code; it must end by itself within `timeout` seconds."""
+        try:
+            code = self.process.wait(timeout)
+        finally:
+            self.process.kill()
+        for reader in self._readers:
+            reader.join(10)
+        return code
+
+
+def _kill_gcs(cluster) -> None:
+    """SIGKILL the head's GCS server process, as the OOM killer or a crash would."""
+    gcs = cluster.head_node.all_processes["gcs_server"][0].process
+    os.kill(gcs.pid, signal.SIGKILL)
+    gcs.wait(10)
+
+
+def _resume_on(cluster, manifest: Path, out: Path) -> dict[str, str]:
+    """`--resume` on another cluster: each job's status in the records it added."""
+    before = len(_records(out))
+    cmd = [*DHGEN, "render", str(manifest), "--out", str(out), "--executor", "ray", "--ray-address", cluster.address]
+    resumed = subprocess.run([*cmd, "--resume", "--progress", "none"], capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return {r["job_id"]: r["status"] for r in _records(out)[before:]}
+
+
+def _assert_cluster_lost(record: dict, address: str) -> dict:
+    error = record["error"]
+    assert record["status"] == "failed" and error["type"] == "ClusterLost" and error["retryable"]
+    assert address in error["message"] and record["job_id"] in error["message"] and error["address"] == address
+    assert "--resume" in error["hint"] and record["errors"][-1] == error
+    return error
+
+
+def test_sigkill_of_the_head_gcs_ends_the_run_with_cluster_lost_and_resume_on_another_cluster_finishes_it(
+    ray_cluster, tmp_path
+):
+    out, manifest = tmp_path / "out", _write_manifest(tmp_path, 3)
+    with _own_cluster() as cluster:
+        address = cluster.address
+        driver = _Driver(manifest, out, address, "--ray-head-timeout", str(HEAD_TIMEOUT_S))
+        driver.events.wait_for(lambda e: e["event"] == "job_finished")  # j0 (one job at a time on one CPU)
+        running = driver.events.wait_for(_started("j1"))
+        driver.events.wait_for(_progress_of("j1"))
+        _kill_gcs(cluster)
+        code = driver.wait(timeout=HEAD_TIMEOUT_S + 60)
+
+    assert code == 1, "".join(driver.stderr)[-3000:]
+    records = {r["job_id"]: r for r in _records(out)}
+    assert records["j0"]["status"] == "succeeded" and Path(records["j0"]["output"]).exists()
+    for job_id in ("j1", "j2"):
+        error = _assert_cluster_lost(records[job_id], address)
+        assert error["unreachable_s"] >= HEAD_TIMEOUT_S and f"{HEAD_TIMEOUT_S:.0f}" in error["message"]
+    lost = records["j1"]["error"]
+    assert lost["node_id"] == running["node_id"] and running["node_id"][:8] in lost["message"]
+    assert records["j1"]["attempts"] == 1 and records["j2"]["attempts"] == 0
+    kinds = [e["event"] for e in driver.events.events]
+    assert kinds[-1] == "run_finished" and kinds.count("job_finished") == 3
+    assert driver.events.events[-1]["failed"] == 2 and driver.events.events[-1]["succeeded"] == 1
+    quiet = driver.events.wait_for(lambda e: e["event"] == "ray_head", timeout=0)
+    assert not quiet["answering"] and quiet["address"] == address
+    assert sorted(p.name for p in out.glob("*.mp4")) == ["j0.mp4"] and _no_partials(out)
+
+    assert _resume_on(ray_cluster, manifest, out) == {"j0": "skipped", "j1": "succeeded", "j2": "succeeded"}
+
+
+def test_a_removed_head_node_ends_the_run_with_cluster_lost(ray_cluster, tmp_path):
+    """Every Ray process of the head killed (GCS, raylet, workers). Which node's raylet the driver uses is Ray's
+    choice among nodes of one IP: with the head's, the driver process dies; with the worker node's, it goes on
+    without a head, and jobs may finish until the bound. Either way the run ends by itself with every job
+    recorded."""
+    out, manifest = tmp_path / "out", _write_manifest(tmp_path, 3, AUDIO)
+    work_before = set(WORK_ROOT.glob("*"))
+    try:
+        with _own_cluster(worker_node=True) as cluster:
+            address = cluster.address
+            driver = _Driver(manifest, out, address, "--ray-head-timeout", str(HEAD_TIMEOUT_S), progress="plain")
+            _wait_until(lambda: _records(out) or driver.process.poll() is not None, 90, "a first job to finish")
+            cluster.remove_node(cluster.head_node, allow_graceful=False)
+            code = driver.wait(timeout=HEAD_TIMEOUT_S + 60)
+    finally:
+        for left in set(WORK_ROOT.glob("*")) - work_before:  # the dead node's temp folder (this machine's /tmp)
+            shutil.rmtree(left, ignore_errors=True)
+
+    assert code == 1, "".join(driver.stderr)[-3000:]
+    records = {r["job_id"]: r for r in _records(out)}
+    assert sorted(records) == ["j0", "j1", "j2"] and records["j0"]["status"] == "succeeded"
+    lost = [j for j, r in records.items() if r["status"] != "succeeded"]
+    assert "j2" in lost  # the third 4-second job, one at a time: not within 3 s of the loss
+    for job_id in lost:
+        _assert_cluster_lost(records[job_id], address)
+    assert sorted(p.name for p in out.glob("*.mp4")) == sorted(f"{j}.mp4" for j in records if j not in lost)
+    assert _no_partials(out)
+    summary = "".join(driver.stderr)
+    assert f"run finished: {3 - len(lost)} succeeded, {len(lost)} failed, 0 skipped" in summary
+    rows = [rf"Z\s+{j}\s+failed\s+\d\s+\S+\s+ClusterLost: lost the Ray cluster: .*{address}" for j in lost]
+    assert all(re.search(row, summary) for row in rows), summary[-3000:]
+
+    expected = {j: "succeeded" if j in lost else "skipped" for j in records}
+    assert _resume_on(ray_cluster, manifest, out) == expected
+
+
+def test_a_head_that_comes_back_within_the_bound_costs_nothing(tmp_path):
+    """GCS fault tolerance: the head keeps its state in storage (here Ray's embedded RocksDB; external Redis in
+    production, README) and a GCS started again takes the cluster back."""
+    out, manifest = tmp_path / "out", _write_manifest(tmp_path, 3, AUDIO)  # work left while the GCS restarts
+    storage = {"gcs_storage": "rocksdb", "gcs_storage_path": str(tmp_path / "gcs")}
+    with _own_cluster(_system_config=storage) as cluster:
+        driver = _Driver(manifest, out, cluster.address)  # the default --ray-head-timeout, 30 s
+        driver.events.wait_for(_progress_of("j0"))
+        _kill_gcs(cluster)
+        cluster.head_node.kill_gcs_server(check_alive=False)  # Ray's bookkeeping of the process killed above
+        driver.events.wait_for(lambda e: e["event"] == "ray_head" and not e["answering"])
+        cluster.head_node.start_gcs_server()
+        code = driver.wait(timeout=90)
+
+    assert code == 0, "".join(driver.stderr)[-3000:]
+    records = _records(out)
+    assert [(r["status"], r["attempts"], r["errors"]) for r in records] == [("succeeded", 1, [])] * 3
+    assert all(frame_digests(Path(r["output"])) for r in records)
+    back = driver.events.wait_for(lambda e: e["event"] == "ray_head" and e["answering"], timeout=0)
+    assert back["silent_s"] > 0 and driver.events.events[-1]["event"] == "run_finished"

@@ -13,7 +13,8 @@ for Ray's `gcs_rpc_server_reconnect_timeout_s`) and a call to a head that is gon
 timeout is raised above --ray-head-timeout (unless RAY_gcs_rpc_server_reconnect_timeout_s is set), so giving up on
 the head is the dhgen process's decision. The process dies with the dhgen process (PR_SET_PDEATHSIG; Ray then ends
 its tasks and actors, whose owner it is) and ignores SIGINT/SIGTERM: a terminal's Ctrl-C reaches the whole process
-group, and the dhgen process decides.
+group, and the dhgen process decides. Its stdout is its stderr: the dhgen process's stdout may carry the JSON
+events.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import threading
 import traceback
 from logging.handlers import QueueHandler
@@ -40,6 +42,8 @@ def driver_main(conn: Connection, parent_pid: int, log_level: int, options, run,
     die_with_parent(parent_pid, signal.SIGKILL)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
+    os.dup2(2, 1)  # what Ray prints goes to stderr: the dhgen process's stdout may be the JSON event stream
+    sys.stdout = sys.stderr
     faulthandler.enable(all_threads=True)  # a crash in Ray's C++ leaves a traceback on stderr
     os.environ.setdefault(RECONNECT_SETTING, str(math.ceil(run.ray_head_timeout) + RECONNECT_MARGIN_S))
     out = _Sender(conn)
