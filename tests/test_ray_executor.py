@@ -412,9 +412,20 @@ def _listening(names: tuple[str, ...]) -> dict[int, set[str]]:
     return found
 
 
+def _descends_from(pid: int, ancestor: int) -> bool:
+    """`pid` is `ancestor`'s child, grandchild, ... (other runs on this machine start Ray processes too)."""
+    while pid > 1:
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            return False
+        if pid == ancestor:
+            return True
+    return False
+
+
 def test_without_an_address_a_private_ray_on_127_0_0_1_runs_the_batch_and_is_gone_after(tmp_path):
     ours = ("gcs_server", "raylet")
-    before = set(_listening(ours))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     cmd = [*DHGEN, "render", "--audio", str(SHORT_AUDIO), "--avatar", str(AVATAR), "-o", str(tmp_path / "o.mp4")]
     driver = subprocess.Popen(
@@ -424,7 +435,7 @@ def test_without_an_address_a_private_ray_on_127_0_0_1_runs_the_batch_and_is_gon
     try:
         while driver.poll() is None:
             for pid, addresses in _listening(ours).items():
-                if pid not in before:
+                if _descends_from(pid, driver.pid):  # started by dhgen's driver process
                     seen.setdefault(pid, set()).update(addresses)
             time.sleep(0.5)
         stderr = driver.communicate(timeout=120)[1]
@@ -436,7 +447,7 @@ def test_without_an_address_a_private_ray_on_127_0_0_1_runs_the_batch_and_is_gon
     _wait_until(lambda: not any(alive(pid) for pid in seen), 15, "the private Ray to stop")
 
 
-# --- the head lost (each on a cluster of its own: one node, the head, which runs the jobs) ------------------------
+# --- the head lost (each on a cluster of its own) ------------------------------------------------------------------
 
 HEAD_TIMEOUT_S = 3.0  # --ray-head-timeout of the head-loss tests
 
@@ -525,6 +536,7 @@ def test_sigkill_of_the_head_gcs_ends_the_run_with_cluster_lost_and_resume_on_an
         address = cluster.address
         driver = _Driver(manifest, out, address, "--ray-head-timeout", str(HEAD_TIMEOUT_S))
         driver.events.wait_for(lambda e: e["event"] == "job_finished")  # j0 (one job at a time on one CPU)
+        assert "_raylet" not in Path(f"/proc/{driver.process.pid}/maps").read_text()  # no Ray in dhgen's process
         running = driver.events.wait_for(_started("j1"))
         driver.events.wait_for(_progress_of("j1"))
         _kill_gcs(cluster)

@@ -12,6 +12,7 @@ machine's address, so the driver connects there and the private instance binds n
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import logging
 import os
@@ -75,6 +76,13 @@ def import_ray(address: str | None):
     except ImportError as exc:
         raise UsageError(f"--executor ray needs Ray, which is not installed ({exc})", hint=RAY_HINT) from exc
     return ray
+
+
+def require_ray() -> None:
+    """UsageError when the extra is not installed. Ray is not imported: the dhgen process never runs it itself
+    (the driver process does, `driverproc`)."""
+    if importlib.util.find_spec("ray") is None:
+        raise UsageError("--executor ray needs Ray, which is not installed", hint=RAY_HINT)
 
 
 def _use_loopback() -> None:
