@@ -191,6 +191,7 @@ class HeadWatch:
 
     def __exit__(self, *exc_info) -> None:
         self._stopped.set()
+        self._thread.join(HEAD_TIMEOUT_S + 1)  # a read under way ends before Ray is shut down
 
     def take(self) -> list[NodeInfo] | None:
         """The table read since the last take, or None (none read since; or the head did not answer)."""

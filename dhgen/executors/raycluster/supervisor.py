@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 
 TICK_S = 0.5  # how often the head's deadline is checked when nothing arrives
 STOP_WAIT_S = 15.0  # after a stop was passed on: how long the driver may take to clean up before it is killed
-EXIT_WAIT_S = 10.0  # after its last message: how long the driver may take to disconnect (a private Ray: stop it)
+EXIT_WAIT_S = 30.0  # after its last message: how long the driver may take to disconnect (a private Ray: stop it)
 LAST_WORDS_S = 2.0  # after the driver process died: for what it sent just before to arrive
 REACH_TIMEOUT_S = 1.0  # after the driver process died: the TCP check of the head's address
 
