@@ -400,6 +400,36 @@ def test_sigterm_to_the_driver_stops_the_run_on_the_cluster_and_resume_finishes_
     assert last == {f"j{i}": "skipped" if f"j{i}" in done else "succeeded" for i in range(6)}
 
 
+def test_a_killed_driver_process_ends_the_run_with_cluster_lost_and_ray_ends_its_tasks(ray_cluster, tmp_path):
+    import multiprocessing
+
+    watcher = EventWatcher()
+    killed = {}
+
+    def kill_the_driver_process():
+        killed["job_pid"] = watcher.wait_for(_started("j0"))["pid"]
+        watcher.wait_for(_progress_of("j0"))
+        (driver,) = [p for p in multiprocessing.active_children() if p.name == "dhgen-ray-driver"]
+        killed["pid"] = driver.pid
+        os.kill(driver.pid, signal.SIGKILL)  # as the OOM killer would
+
+    watcher.act(kill_the_driver_process)
+    summary = _ray_run(ray_cluster, tmp_path, _jobs(tmp_path, 2, AUDIO), watcher)
+
+    assert summary.exit_code == 1 and [r.status for r in summary.records] == ["failed", "failed"]
+    for record in summary.records:
+        error = record.error
+        assert error["type"] == "ClusterLost" and error["retryable"] and error["unreachable_s"] is None
+        assert f"Ray driver process (pid {killed['pid']}) was killed by SIGKILL" in error["message"]
+        assert "takes connections" in error["message"] and ray_cluster.address in error["message"]
+    assert summary.records[0].error["node"] == "127.0.0.1" and summary.records[0].attempts == 1
+    (lost,) = [e for e in watcher.events if e["event"] == "incident" and e["error"]["type"] == "ClusterLost"]
+    assert lost["job_ids"] == ["j0", "j1"] and watcher.events[-1]["event"] == "run_finished"
+    assert not list(tmp_path.glob("*.mp4")) and _no_partials(tmp_path)
+    _wait_until(lambda: not alive(killed["job_pid"]), 30, "Ray to end the dead driver's task")
+    _wait_until(lambda: not _live_actors(), 30, "Ray to end the dead driver's actors")
+
+
 def test_the_driver_and_the_job_tasks_do_not_import_torch():
     modules = "dhgen.executors.raycluster.executor, dhgen.executors.raycluster.jobtask, dhgen.pipeline"
     code = f"import sys, {modules}; print('torch' in sys.modules)"

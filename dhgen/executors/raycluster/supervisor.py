@@ -117,10 +117,10 @@ class RayExecutor:
         run = dataclasses.replace(self.run_options, ray_address=_address_of_this_process(self.run_options.ray_address))
         self._inbox = Inbox()
         parent_end, child_end = mp.Pipe()
+        level = logging.getLogger("dhgen").getEffectiveLevel()
         self._process = mp.get_context("spawn").Process(
             target=driver_main,
-            args=(child_end, os.getpid(), logging.getLogger("dhgen").getEffectiveLevel(), self.options, run, jobs),
-            kwargs={"fingerprints": fingerprints},
+            args=(child_end, os.getpid(), level, self.options, run, jobs, fingerprints),
             name=f"{CHILD_NAME_PREFIX}ray-driver",
             daemon=True,
         )
@@ -227,23 +227,29 @@ class RayExecutor:
     # --- losing the cluster --------------------------------------------------------------------------------
 
     def _loss(self, now: float) -> str | None:
-        """Why the cluster is lost, in words, or None while it is not."""
+        """Why the cluster is lost, in words, or None while it is not (or while the run is stopping: a stop has
+        its own bound, STOP_WAIT_S)."""
         if not self._process.is_alive():
-            if self._process.exitcode == NO_MAIN_GUARD_EXIT and self._head.address is None:
-                raise UsageError(NO_MAIN_GUARD, hint=NO_MAIN_GUARD_HINT)
-            if self._stop.signum is not None:
-                raise Interrupted(self._stop.signum)
-            words, _ = describe_exit(self._process.exitcode)
-            head = self._head_state(now)
-            if self._head.address is not None:
-                head += f"; its address now {_reach(self._head.address)}"
-            return f"the Ray driver process (pid {self._process.pid}) {words}; {head}"
+            return self._died(now)
         head = self._head
-        if head.address is None or now - head.answered < self.run_options.ray_head_timeout:
+        stopping = self._stop.signum is not None
+        if stopping or head.address is None or now - head.answered < self.run_options.ray_head_timeout:
             return None
         if head.silence is None:
             return f"the Ray driver process (pid {self._process.pid}) stopped reporting; {self._head_state(now)}"
         return self._head_state(now)
+
+    def _died(self, now: float) -> str:
+        """The driver process ended without its last message: why the cluster is lost, in words."""
+        if self._process.exitcode == NO_MAIN_GUARD_EXIT and self._head.address is None:
+            raise UsageError(NO_MAIN_GUARD, hint=NO_MAIN_GUARD_HINT)
+        if self._stop.signum is not None:
+            raise Interrupted(self._stop.signum)
+        words, _ = describe_exit(self._process.exitcode)
+        head = self._head_state(now)
+        if self._head.address is not None:
+            head += f"; its address now {_reach(self._head.address)}"
+        return f"the Ray driver process (pid {self._process.pid}) {words}; {head}"
 
     def _head_state(self, now: float) -> str:
         head = self._head
