@@ -1,11 +1,14 @@
 """The Ray executor on a real multi-node Ray cluster on this machine (`ray_cluster`: 127.0.0.1 only), with real
-processes killed and stopped by real signals, a node's raylet killed, and SIGTERM to a real driver process."""
+processes killed and stopped by real signals, a node's raylet killed, and SIGTERM to a real driver process. At the
+end, the head lost, on clusters of their own: its GCS killed (and, with GCS fault tolerance, started again), the
+whole head node removed, and dhgen's own Ray driver process killed."""
 
 from __future__ import annotations
 
 import contextlib
 import faulthandler
 import json
+import multiprocessing
 import os
 import re
 import shutil
@@ -401,8 +404,6 @@ def test_sigterm_to_the_driver_stops_the_run_on_the_cluster_and_resume_finishes_
 
 
 def test_a_killed_driver_process_ends_the_run_with_cluster_lost_and_ray_ends_its_tasks(ray_cluster, tmp_path):
-    import multiprocessing
-
     watcher = EventWatcher()
     killed = {}
 
