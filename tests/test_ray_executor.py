@@ -1,7 +1,7 @@
 """The Ray executor on a real multi-node Ray cluster on this machine (`ray_cluster`: 127.0.0.1 only), with real
-processes killed and stopped by real signals, a node's raylet killed, and SIGTERM to a real driver process. At the
-end, the head lost, on clusters of their own: its GCS killed (and, with GCS fault tolerance, started again), the
-whole head node removed, and dhgen's own Ray driver process killed."""
+processes killed and stopped by real signals, a node's raylet killed, and SIGTERM to a real driver process; dhgen's
+own Ray driver process killed; and at the end, on clusters of their own, the head lost: its GCS killed (and, with
+GCS fault tolerance, started again) and the whole head node removed."""
 
 from __future__ import annotations
 
