@@ -129,7 +129,8 @@ def check_run(run: RunOptions) -> None:
     for name, value, least in (("--jobs", run.jobs, 1), ("--retries", run.retries, 0), ("--workers", run.workers, 1)):
         if value is not None and value < least:
             raise UsageError(f"{name} {value} must be at least {least}")
-    for name, value in (("--stall-timeout", run.stall_timeout), ("--job-timeout", run.job_timeout)):
+    timeouts = (("--stall-timeout", run.stall_timeout), ("--job-timeout", run.job_timeout))
+    for name, value in (*timeouts, ("--ray-head-timeout", run.ray_head_timeout)):
         if value is not None and not value > 0:
             raise UsageError(f"{name} {value} must be above 0 seconds")
     check_folder(Path(run.out_dir), "output folder")

@@ -253,6 +253,15 @@ RaySharedFsArg = Annotated[
         rich_help_panel=EXECUTION,
     ),
 ]
+RayHeadTimeoutArg = Annotated[
+    float | None,
+    typer.Option(
+        min=1,
+        help="seconds the Ray head may not answer before every unfinished job fails with ClusterLost "
+        "(default 30; keep it under Ray's gcs_rpc_server_reconnect_timeout_s, 60)",
+        rich_help_panel=EXECUTION,
+    ),
+]
 LogLevelArg = Annotated[
     LogLevel,
     typer.Option(
@@ -335,6 +344,7 @@ def render(
     executor: ExecutorArg = ExecutorName.local,
     ray_address: RayAddressArg = None,
     ray_shared_fs: RaySharedFsArg = False,
+    ray_head_timeout: RayHeadTimeoutArg = None,
     progress: Annotated[
         Progress,
         typer.Option(
@@ -389,7 +399,7 @@ def render(
             stall_timeout=stall_timeout,
             job_timeout=job_timeout,
             shard=run_shard,
-            **_executor_options(executor, ray_address, ray_shared_fs),
+            **_executor_options(executor, ray_address, ray_shared_fs, ray_head_timeout),
         )
     except UsageError as exc:
         _fail(exc, EXIT_USAGE, refusal)
@@ -502,6 +512,7 @@ def serve(
     executor: ExecutorArg = ExecutorName.local,
     ray_address: RayAddressArg = None,
     ray_shared_fs: RaySharedFsArg = False,
+    ray_head_timeout: RayHeadTimeoutArg = None,
     log_level: LogLevelArg = LogLevel.WARNING,
     log_file: LogFileArg = None,
 ) -> None:
@@ -533,7 +544,7 @@ def serve(
             retries=retries,
             stall_timeout=stall_timeout,
             job_timeout=job_timeout,
-            **_executor_options(executor, ray_address, ray_shared_fs),
+            **_executor_options(executor, ray_address, ray_shared_fs, ray_head_timeout),
         )
         run_server(
             service,
@@ -679,10 +690,13 @@ def _jobs(manifest, audio, avatar, output, out) -> tuple[list[Job], Path, bool]:
     return [single_job(audio, avatar, output)], output.parent, True
 
 
-def _executor_options(executor: ExecutorName, ray_address: str | None, ray_shared_fs: bool) -> dict:
-    if executor != ExecutorName.ray and (ray_address is not None or ray_shared_fs):
-        raise UsageError("--ray-address and --ray-shared-fs need --executor ray")
-    return {"executor": executor.value, "ray_address": ray_address, "ray_shared_fs": ray_shared_fs}
+def _executor_options(
+    executor: ExecutorName, ray_address: str | None, ray_shared_fs: bool, ray_head_timeout: float | None
+) -> dict:
+    if executor != ExecutorName.ray and (ray_address is not None or ray_shared_fs or ray_head_timeout is not None):
+        raise UsageError("--ray-address, --ray-shared-fs and --ray-head-timeout need --executor ray")
+    options = {"executor": executor.value, "ray_address": ray_address, "ray_shared_fs": ray_shared_fs}
+    return options if ray_head_timeout is None else {**options, "ray_head_timeout": ray_head_timeout}
 
 
 def _fail(exc: DhgenError, code: int, on_event=None):

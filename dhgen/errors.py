@@ -186,6 +186,18 @@ class ServiceInterrupted(DhgenError):
     default_hint = "nothing to do: the job runs again when the server starts; raise --drain-timeout for long jobs"
 
 
+class ClusterLost(DhgenError):
+    """The Ray cluster as a whole is gone for this run: its head (GCS) stopped answering for longer than
+    --ray-head-timeout, or the driver process lost it. Every unfinished job gets this record and the run ends;
+    retryable in a later run (`--resume`), not within this one."""
+
+    retryable = True
+    default_hint = (
+        "restart the Ray head (or wait until it answers again), then run the same command with --resume: jobs that "
+        "finished are kept"
+    )
+
+
 def reason(exc: BaseException) -> str:
     """The readable part of an OS or FFmpeg error ("Invalid data found when processing input"), without the
     errno number and the repeated file name."""

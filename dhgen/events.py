@@ -74,6 +74,12 @@ def incident(error: dict, *, job_id: str | None = None, job_ids: list[str] | Non
     return {**event, "error": error, **details, "time": utc_now()}
 
 
+def ray_head(answering: bool, address: str, silent_s: float, **extra) -> dict:
+    """The Ray head stopped answering the driver (`answering` false), or answers again after `silent_s` seconds."""
+    event = {"event": "ray_head", "answering": answering, "address": address, "silent_s": round(silent_s, 1)}
+    return {**event, **extra, "time": utc_now()}
+
+
 def worker_started(worker: int, pid: int | None, device: str, **extra) -> dict:
     return {"event": "worker_started", "worker": worker, "pid": pid, "device": device, **extra, "time": utc_now()}
 

@@ -88,6 +88,7 @@ class RunOptions:
     executor: str = "local"  # "local" (this machine's processes) or "ray" (a Ray cluster)
     ray_address: str | None = None  # what ray.init(address=...) takes; None: RAY_ADDRESS, else a private local Ray
     ray_shared_fs: bool = False  # every Ray node sees the same paths: nodes read inputs and write outputs directly
+    ray_head_timeout: float = 30.0  # seconds the Ray head (GCS) may not answer before the run ends with ClusterLost
 
     @property
     def results_path(self) -> Path:

@@ -432,6 +432,21 @@ def test_hevc_output_is_tagged_hvc1_and_verifies_on_resume(tmp_path):
     assert second["status"] == "succeeded" and second["frames_digest"] == first["frames_digest"]
 
 
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--ray-head-timeout", "10"], "--ray-head-timeout need --executor ray"),
+        (["--executor", "ray", "--ray-head-timeout", "0"], "--ray-head-timeout"),
+    ],
+)
+def test_a_ray_head_timeout_needs_the_ray_executor_and_a_positive_value(tmp_path, args, said):
+    result = invoke(
+        "--audio", FIXTURES / "speech.m4a", "--avatar", FIXTURES / "avatar.mp4", "-o", tmp_path / "o.mp4", *args
+    )
+    assert result.exit_code == 2 and said in result.output, result.output
+    assert not (tmp_path / "o.mp4").exists()
+
+
 def test_a_ray_cluster_that_cannot_be_reached_exits_2_at_once(tmp_path):
     audio, avatar = FIXTURES / "speech.m4a", FIXTURES / "avatar.mp4"
     cmd = [str(DHGEN), "render", "--audio", audio, "--avatar", avatar, "-o", tmp_path / "o.mp4"]

@@ -1,10 +1,14 @@
 """The Ray executor on a real multi-node Ray cluster on this machine (`ray_cluster`: 127.0.0.1 only), with real
-processes killed and stopped by real signals, a node's raylet killed, and SIGTERM to a real driver process."""
+processes killed and stopped by real signals, a node's raylet killed, and SIGTERM to a real driver process; dhgen's
+own Ray driver process killed; and at the end, on clusters of their own, the head lost: its GCS killed (and, with
+GCS fault tolerance, started again) and the whole head node removed."""
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import json
+import multiprocessing
 import os
 import re
 import shutil
@@ -12,7 +16,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import wave
 from pathlib import Path
 
 import pytest
@@ -346,8 +352,13 @@ def test_a_model_that_cannot_be_loaded_fails_every_job_with_model_load_error(ray
 
 
 def _write_manifest(tmp_path: Path, n: int) -> Path:
+    return _manifest(tmp_path, *[SHORT_AUDIO] * n)
+
+
+def _manifest(tmp_path: Path, *audios: Path) -> Path:
+    """A manifest of jobs j0, j1, ... on these audio files, in order."""
     manifest = tmp_path / "jobs.csv"
-    manifest.write_text("id,audio,avatar\n" + "".join(f"j{i},{SHORT_AUDIO},{AVATAR}\n" for i in range(n)))
+    manifest.write_text("id,audio,avatar\n" + "".join(f"j{i},{a},{AVATAR}\n" for i, a in enumerate(audios)))
     return manifest
 
 
@@ -396,6 +407,34 @@ def test_sigterm_to_the_driver_stops_the_run_on_the_cluster_and_resume_finishes_
     assert last == {f"j{i}": "skipped" if f"j{i}" in done else "succeeded" for i in range(6)}
 
 
+def test_a_killed_driver_process_ends_the_run_with_cluster_lost_and_ray_ends_its_tasks(ray_cluster, tmp_path):
+    watcher = EventWatcher()
+    killed = {}
+
+    def kill_the_driver_process():
+        killed["job_pid"] = watcher.wait_for(_started("j0"))["pid"]
+        watcher.wait_for(_progress_of("j0"))
+        (driver,) = [p for p in multiprocessing.active_children() if p.name == "dhgen-ray-driver"]
+        killed["pid"] = driver.pid
+        os.kill(driver.pid, signal.SIGKILL)  # as the OOM killer would
+
+    watcher.act(kill_the_driver_process)
+    summary = _ray_run(ray_cluster, tmp_path, _jobs(tmp_path, 2, AUDIO), watcher)
+
+    assert summary.exit_code == 1 and [r.status for r in summary.records] == ["failed", "failed"]
+    for record in summary.records:
+        error = record.error
+        assert error["type"] == "ClusterLost" and error["retryable"] and error["unreachable_s"] is None
+        assert f"Ray driver process (pid {killed['pid']}) was killed by SIGKILL" in error["message"]
+        assert "takes connections" in error["message"] and ray_cluster.address in error["message"]
+    assert summary.records[0].error["node"] == "127.0.0.1" and summary.records[0].attempts == 1
+    (lost,) = [e for e in watcher.events if e["event"] == "incident" and e["error"]["type"] == "ClusterLost"]
+    assert lost["job_ids"] == ["j0", "j1"] and watcher.events[-1]["event"] == "run_finished"
+    assert not list(tmp_path.glob("*.mp4")) and _no_partials(tmp_path)
+    _wait_until(lambda: not alive(killed["job_pid"]), 30, "Ray to end the dead driver's task")
+    _wait_until(lambda: not _live_actors(), 30, "Ray to end the dead driver's actors")
+
+
 def test_the_driver_and_the_job_tasks_do_not_import_torch():
     modules = "dhgen.executors.raycluster.executor, dhgen.executors.raycluster.jobtask, dhgen.pipeline"
     code = f"import sys, {modules}; print('torch' in sys.modules)"
@@ -414,9 +453,20 @@ def _listening(names: tuple[str, ...]) -> dict[int, set[str]]:
     return found
 
 
+def _descends_from(pid: int, ancestor: int) -> bool:
+    """`pid` is `ancestor`'s child, grandchild, ... (other runs on this machine start Ray processes too)."""
+    while pid > 1:
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            return False
+        if pid == ancestor:
+            return True
+    return False
+
+
 def test_without_an_address_a_private_ray_on_127_0_0_1_runs_the_batch_and_is_gone_after(tmp_path):
     ours = ("gcs_server", "raylet")
-    before = set(_listening(ours))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     cmd = [*DHGEN, "render", "--audio", str(SHORT_AUDIO), "--avatar", str(AVATAR), "-o", str(tmp_path / "o.mp4")]
     driver = subprocess.Popen(
@@ -426,7 +476,7 @@ def test_without_an_address_a_private_ray_on_127_0_0_1_runs_the_batch_and_is_gon
     try:
         while driver.poll() is None:
             for pid, addresses in _listening(ours).items():
-                if pid not in before:
+                if _descends_from(pid, driver.pid):  # started by dhgen's driver process
                     seen.setdefault(pid, set()).update(addresses)
             time.sleep(0.5)
         stderr = driver.communicate(timeout=120)[1]
@@ -518,3 +568,191 @@ def test_a_job_task_on_a_gpu_node_is_not_hidden_the_nodes_gpus(ray_cluster):
     hidden = task.options(num_cpus=0, runtime_env={"env_vars": old_ray}).remote()
     seen = task.options(num_cpus=0, runtime_env={"env_vars": {**old_ray, **SEES_GPUS["env_vars"]}}).remote()
     assert ray.get(hidden, timeout=60) == "" and ray.get(seen, timeout=60) != ""
+
+
+# --- the head lost (on clusters of their own) --------------------------------------------------------------------
+
+HEAD_TIMEOUT_S = 3.0  # --ray-head-timeout of the tests that lose the head for good
+
+
+@pytest.fixture(scope="module")
+def long_audio(tmp_path_factory) -> Path:
+    """22 s of speech (the fixture five times): a job that cannot finish within HEAD_TIMEOUT_S on any machine,
+    nor before a GCS has started again."""
+    target = tmp_path_factory.mktemp("long") / "long.wav"
+    with wave.open(str(AUDIO)) as src:
+        params, data = src.getparams(), src.readframes(src.getnframes())
+    with wave.open(str(target), "wb") as dst:
+        dst.setparams(params)
+        dst.writeframes(data * 5)
+    return target
+
+
+@contextlib.contextmanager
+def _own_cluster(worker_node: bool = False, **head_args):
+    """A cluster of one node that runs the jobs: the head, or `worker_node` (the head then has no CPU, as the
+    README's head node)."""
+    from ray.cluster_utils import Cluster
+
+    args = {"num_cpus": 0 if worker_node else 1, "include_dashboard": False, **RAY_NODE, **head_args}
+    cluster = Cluster(initialize_head=True, head_node_args=args)
+    try:
+        if worker_node:
+            cluster.add_node(num_cpus=1, **RAY_NODE)
+        yield cluster
+    finally:
+        cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def restartable_head(tmp_path_factory):
+    """A one-node cluster whose head keeps its state on disk (GCS fault tolerance with Ray's embedded RocksDB;
+    external Redis in production, README), so a GCS started again takes the cluster back. Its two tests run in
+    file order: the first restarts the GCS, the second (last on it) kills it for good."""
+    storage = {"gcs_storage": "rocksdb", "gcs_storage_path": str(tmp_path_factory.mktemp("gcs"))}
+    with _own_cluster(_system_config=storage) as cluster:
+        yield cluster
+
+
+class _Driver:
+    """`dhgen render --executor ray` in a process of its own. With --progress json its events arrive as they come
+    (every stdout line must be one); otherwise stderr has what a person sees."""
+
+    def __init__(self, manifest: Path, out: Path, address: str, *args: str, progress: str = "json") -> None:
+        cmd = [*DHGEN, "render", str(manifest), "--out", str(out), "--executor", "ray", "--ray-address", address]
+        self.process = subprocess.Popen(
+            [*cmd, "--jobs", "1", "--progress", progress, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.events = EventWatcher()
+        self.stderr: list[str] = []
+        self._readers = [
+            threading.Thread(target=self._read_events, daemon=True),
+            threading.Thread(target=lambda: self.stderr.extend(self.process.stderr), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _read_events(self) -> None:
+        for line in self.process.stdout:
+            self.events(json.loads(line))
+
+    def wait(self, timeout: float) -> int:
+        """Its exit code; it must end by itself within `timeout` seconds."""
+        try:
+            code = self.process.wait(timeout)
+        finally:
+            self.process.kill()
+        for reader in self._readers:
+            reader.join(10)
+        return code
+
+
+def _kill_gcs(cluster) -> None:
+    """SIGKILL the head's GCS server process, as the OOM killer or a crash would."""
+    gcs = cluster.head_node.all_processes["gcs_server"][0].process
+    os.kill(gcs.pid, signal.SIGKILL)
+    gcs.wait(10)
+    cluster.head_node.kill_gcs_server(check_alive=False)  # Ray's bookkeeping of it
+
+
+def _resume_on(cluster, manifest: Path, out: Path) -> dict[str, str]:
+    """`--resume` on another cluster: each job's status in the records it added."""
+    before = len(_records(out))
+    cmd = [*DHGEN, "render", str(manifest), "--out", str(out), "--executor", "ray", "--ray-address", cluster.address]
+    resumed = subprocess.run([*cmd, "--resume", "--progress", "none"], capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return {r["job_id"]: r["status"] for r in _records(out)[before:]}
+
+
+def _assert_cluster_lost(record: dict, address: str) -> dict:
+    error = record["error"]
+    assert record["status"] == "failed" and error["type"] == "ClusterLost" and error["retryable"]
+    assert address in error["message"] and record["job_id"] in error["message"] and error["address"] == address
+    assert "--resume" in error["hint"] and record["errors"][-1] == error
+    return error
+
+
+def test_a_head_that_comes_back_within_the_bound_costs_nothing(restartable_head, long_audio, tmp_path):
+    out, manifest = tmp_path / "out", _manifest(tmp_path, long_audio, SHORT_AUDIO)
+    driver = _Driver(manifest, out, restartable_head.address)  # the default --ray-head-timeout, 30 s
+    driver.events.wait_for(_started("j0"))
+    killed = time.monotonic()
+    _kill_gcs(restartable_head)
+    driver.events.wait_for(lambda e: e["event"] == "ray_head" and not e["answering"] and e["_t"] > killed)
+    restartable_head.head_node.start_gcs_server()
+    code = driver.wait(timeout=90)
+
+    assert code == 0, "".join(driver.stderr)[-3000:]
+    records = _records(out)
+    assert [(r["status"], r["attempts"], r["errors"]) for r in records] == [("succeeded", 1, [])] * 2
+    assert all(frame_digests(Path(r["output"])) for r in records)
+    back = driver.events.wait_for(lambda e: e["event"] == "ray_head" and e["answering"] and e["_t"] > killed, 0)
+    assert back["silent_s"] > 0 and driver.events.events[-1]["event"] == "run_finished"
+
+
+def test_sigkill_of_the_head_gcs_ends_the_run_with_cluster_lost_and_resume_on_another_cluster_finishes_it(
+    restartable_head, long_audio, ray_cluster, tmp_path
+):
+    out, address = tmp_path / "out", restartable_head.address
+    manifest = _manifest(tmp_path, SHORT_AUDIO, long_audio, SHORT_AUDIO)
+    driver = _Driver(manifest, out, address, "--ray-head-timeout", str(HEAD_TIMEOUT_S))
+    try:
+        driver.events.wait_for(lambda e: e["event"] == "job_finished")  # j0 (one job at a time on one CPU)
+        assert "_raylet" not in Path(f"/proc/{driver.process.pid}/maps").read_text()  # no Ray in dhgen's process
+        running = driver.events.wait_for(_started("j1"))
+        driver.events.wait_for(_progress_of("j1"))
+        _kill_gcs(restartable_head)  # for good
+        code = driver.wait(timeout=HEAD_TIMEOUT_S + 60)
+    finally:
+        restartable_head.shutdown()  # the last test on it; j1's task would render on until then
+
+    assert code == 1, "".join(driver.stderr)[-3000:]
+    records = {r["job_id"]: r for r in _records(out)}
+    assert records["j0"]["status"] == "succeeded" and Path(records["j0"]["output"]).exists()
+    for job_id in ("j1", "j2"):
+        error = _assert_cluster_lost(records[job_id], address)
+        assert error["unreachable_s"] >= HEAD_TIMEOUT_S and f"{HEAD_TIMEOUT_S:.0f}" in error["message"]
+    lost = records["j1"]["error"]
+    assert lost["node_id"] == running["node_id"] and running["node_id"][:8] in lost["message"]
+    assert records["j1"]["attempts"] == 1 and records["j2"]["attempts"] == 0 and "not started" in str(records["j2"])
+    kinds = [e["event"] for e in driver.events.events]
+    assert kinds[-1] == "run_finished" and kinds.count("job_finished") == 3
+    assert driver.events.events[-1]["failed"] == 2 and driver.events.events[-1]["succeeded"] == 1
+    quiet = driver.events.wait_for(lambda e: e["event"] == "ray_head", timeout=0)
+    assert not quiet["answering"] and quiet["address"] == address and quiet["timeout_s"] == HEAD_TIMEOUT_S
+    assert sorted(p.name for p in out.glob("*.mp4")) == ["j0.mp4"] and _no_partials(out)
+
+    assert _resume_on(ray_cluster, manifest, out) == {"j0": "skipped", "j1": "succeeded", "j2": "succeeded"}
+
+
+def test_a_removed_head_node_ends_the_run_with_cluster_lost(long_audio, tmp_path):
+    """Every Ray process of the head killed (GCS, raylet, workers). Which node's raylet the driver uses is Ray's
+    choice among nodes of one IP: with the head's, the driver process dies; with the worker node's, it goes on
+    without a head until the bound. Either way the run ends by itself with every job recorded (and --resume goes
+    on from there as after the GCS's death above)."""
+    out, manifest = tmp_path / "out", _manifest(tmp_path, SHORT_AUDIO, long_audio, SHORT_AUDIO)
+    work_before = set(WORK_ROOT.glob("*"))
+    try:
+        with _own_cluster(worker_node=True) as cluster:
+            address = cluster.address
+            driver = _Driver(manifest, out, address, "--ray-head-timeout", str(HEAD_TIMEOUT_S), progress="plain")
+            _wait_until(lambda: _records(out) or driver.process.poll() is not None, 90, "a first job to finish")
+            cluster.remove_node(cluster.head_node, allow_graceful=False)
+            code = driver.wait(timeout=HEAD_TIMEOUT_S + 60)
+    finally:
+        for left in set(WORK_ROOT.glob("*")) - work_before:  # the dead node's temp folder (this machine's /tmp)
+            shutil.rmtree(left, ignore_errors=True)
+
+    assert code == 1, "".join(driver.stderr)[-3000:]
+    records = {r["job_id"]: r for r in _records(out)}
+    assert [records[j]["status"] for j in ("j0", "j1", "j2")] == ["succeeded", "failed", "failed"]
+    for job_id in ("j1", "j2"):
+        _assert_cluster_lost(records[job_id], address)
+    assert sorted(p.name for p in out.glob("*.mp4")) == ["j0.mp4"] and _no_partials(out)
+    summary = "".join(driver.stderr)
+    assert "run finished: 1 succeeded, 2 failed, 0 skipped" in summary
+    rows = [rf"Z\s+{j}\s+failed\s+\d\s+\S+\s+ClusterLost: lost the Ray cluster: .*{address}" for j in ("j1", "j2")]
+    assert all(re.search(row, summary) for row in rows), summary[-3000:]

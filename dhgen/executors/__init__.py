@@ -4,7 +4,8 @@
         │  executor.run(jobs, fingerprints, emit) -> JobRecord per job
         ├─ InProcessExecutor  dhgen.executors.inprocess   one job after another in this process (tests, simple API)
         ├─ Supervisor         dhgen.executors.local       job processes + inference workers on this machine
-        └─ RayExecutor        dhgen.executors.raycluster  job tasks + inference actors on the nodes of a Ray cluster
+        └─ RayExecutor        dhgen.executors.raycluster  a driver process; job tasks + inference actors on the nodes
+                                                          of a Ray cluster
 
 Whatever runs a job, it renders the same frames through `dhgen.pipeline.render_job`, fills its record with
 `dhgen.results` (new_record / fill_outcome), decides retries with `dhgen.retry.RetryPolicy` and reports with
@@ -42,9 +43,9 @@ def make_executor(options: RenderOptions, run: RunOptions) -> ServingExecutor:
     """The executor `run.executor` names: "local" (the default) or "ray". UsageError for another name, or for
     "ray" without Ray installed."""
     if run.executor == "ray":
-        from dhgen.executors.raycluster.cluster import import_ray
+        from dhgen.executors.raycluster.cluster import require_ray
 
-        import_ray(run.ray_address)
+        require_ray()
         from dhgen.executors.raycluster import RayExecutor
 
         return RayExecutor(options, run)

@@ -56,14 +56,19 @@ def _exit_on_sigterm(signum, frame):
     raise SystemExit(128 + signum)
 
 
-def init_child(parent_pid: int, crash_path: Path, threads: int) -> None:
-    """Make this process a well-behaved child of `parent_pid`."""
+def die_with_parent(parent_pid: int, signum: int) -> None:
+    """Get `signum` when the parent dies (PR_SET_PDEATHSIG); exit now if it already did."""
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
     except (OSError, AttributeError):  # not Linux: pipe EOF still ends the child
         pass
     if os.getppid() != parent_pid:
         os._exit(1)
+
+
+def init_child(parent_pid: int, crash_path: Path, threads: int) -> None:
+    """Make this process a well-behaved child of `parent_pid`."""
+    die_with_parent(parent_pid, signal.SIGTERM)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     crash_file = open(crash_path, "w")  # noqa: SIM115 - kept open for the life of the process

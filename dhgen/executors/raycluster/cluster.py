@@ -12,10 +12,12 @@ machine's address, so the driver connects there and the private instance binds n
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import socket
 import sys
+import threading
 from dataclasses import dataclass
 
 from dhgen.errors import UsageError
@@ -25,6 +27,8 @@ log = logging.getLogger(__name__)
 
 LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # read by ray._private.ray_constants at import
 REACH_TIMEOUT_S = 5.0  # for the TCP check of a HOST:PORT address before Ray connects
+NODE_CHECK_S = 1.0  # how often the driver reads the node table (new nodes, dead nodes, and whether the head answers)
+HEAD_TIMEOUT_S = 2.0  # a read of the node table that takes longer: the head did not answer
 PROBE_TIMEOUT_S = 60.0  # a node that has not answered the doctor's probe by then is reported as not answering
 RAY_HINT = "install the extra on the driver and on every node: pip install 'dhgen[ray]'"
 # For a task that asks for no GPU but uses the node's (a job's NVENC, the doctor's probe): Ray must not hide them
@@ -71,6 +75,13 @@ def import_ray(address: str | None):
     return ray
 
 
+def require_ray() -> None:
+    """UsageError when the extra is not installed. Ray is not imported: the dhgen process never runs it itself
+    (the driver process does, `driverproc`)."""
+    if importlib.util.find_spec("ray") is None:
+        raise UsageError("--executor ray needs Ray, which is not installed", hint=RAY_HINT)
+
+
 def _use_loopback() -> None:
     os.environ[LOOPBACK_SWITCH] = "0"
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a private instance reports nowhere
@@ -89,6 +100,7 @@ class Connection:
         self.private = self.address is None
         self._connected_here = False
         self.ray = None
+        self.gcs_address: str | None = None  # the head's, once connected
 
     def __enter__(self) -> Connection:
         self.ray = ray = import_ray(self.address)
@@ -108,6 +120,7 @@ class Connection:
                 "or leave out --ray-address to try a private local Ray",
             ) from exc
         self._connected_here = True
+        self.gcs_address = ray.get_runtime_context().gcs_address
         return self
 
     def _check_same_cluster(self, ray) -> None:
@@ -117,7 +130,7 @@ class Connection:
                 f"this process is connected to the Ray cluster at {current}, not {self.address}",
                 hint="call ray.shutdown() first, or leave out the address to use the connected cluster",
             )
-        self.address = current
+        self.address = self.gcs_address = current
 
     def __exit__(self, *exc_info) -> None:
         if self._connected_here:
@@ -155,6 +168,71 @@ def nodes(ray) -> list[NodeInfo]:
             )
         )
     return found
+
+
+class HeadWatch:
+    """The driver's view of the head: a thread that reads the node table every NODE_CHECK_S with a timeout, so the
+    driver's loop takes the latest table (`take`) without ever waiting on a head that is gone. After each read
+    `report(silence)` hears how it went: None when the head answered, else what went wrong (Ray's words)."""
+
+    def __init__(self, ray, report) -> None:
+        self._ray, self._report = ray, report
+        self._table: list[NodeInfo] | None = None
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="head-watch", daemon=True)
+
+    def __enter__(self) -> HeadWatch:
+        self._read()  # the first table before the loop starts
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stopped.set()
+        self._thread.join(HEAD_TIMEOUT_S + 1)  # a read under way ends before Ray is shut down
+
+    def take(self) -> list[NodeInfo] | None:
+        """The table read since the last take, or None (none read since; or the head did not answer)."""
+        table, self._table = self._table, None
+        return table
+
+    def _watch(self) -> None:
+        while not self._stopped.wait(NODE_CHECK_S):
+            self._read()
+
+    def _read(self) -> None:
+        try:
+            table = gcs_client(self._ray).get_all_node_info(timeout=HEAD_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - Ray's RpcError: timed out, unavailable, another cluster
+            self._report(_first_line(exc))
+            return
+        self._table = _node_infos(table)
+        self._report(None)
+
+
+def _node_infos(table: dict) -> list[NodeInfo]:
+    alive = _alive_state()
+    return [
+        NodeInfo(
+            node_id=node.node_id.hex(),
+            ip=node.node_manager_address or "?",
+            cpus=float(node.resources_total.get("CPU", 0)),
+            gpus=float(node.resources_total.get("GPU", 0)),
+            alive=node.state == alive,
+        )
+        for node in table.values()
+    ]
+
+
+def gcs_client(ray):
+    """This driver's client of the head's GCS, whose calls take a timeout (Ray's public calls such as
+    `ray.nodes()` take none and wait while the head is gone). Not a public Ray API: the one place dhgen uses it."""
+    return ray._private.worker.global_worker.gcs_client
+
+
+def _alive_state() -> int:
+    from ray.core.generated.gcs_pb2 import GcsNodeInfo
+
+    return GcsNodeInfo.ALIVE
 
 
 def node_report() -> dict:

@@ -1,14 +1,16 @@
 """The Ray driver loop: jobs become remote tasks on the nodes of the cluster, watched like local job processes.
+It runs in the driver process (`driverproc`), which the dhgen process supervises (`supervisor.RayExecutor`).
 
 Each attempt of a job is one streaming task (`jobtask.run_job`) pinned to the node of the actor it uses. The loop
 waits on every attempt's stream and every actor's watch stream at once (`ray.wait`, TICK_S), and from what
 arrives it emits events, judges stalls and timeouts (`dhgen.liveness`), retries by type (`dhgen.retry`) and
 fills records (`dhgen.results`); Ray's own retries are off. Without a shared filesystem it ships each input file
 to the object store once (`Inputs`) and writes each finished MP4 it receives (temp file + fsync + rename).
-SIGINT/SIGTERM, or any end: every task of the run is cancelled (force), every actor killed, partial files and
-the nodes' temp folders removed. Jobs come from a feed (`dhgen.executors.feed`), looked at every turn: the runner's
-is closed from the start, the service's stays open while the actors keep the model loaded; a cancelled job's task is
-cancelled like a stalled one, and its record ends `cancelled`.
+The node table comes from the head watch (`cluster.HeadWatch`), so the loop never waits on the head. A stop asked
+for by the dhgen process (its SIGINT/SIGTERM), or any end: every task of the run is cancelled (force), every actor
+killed, partial files and the nodes' temp folders removed. Jobs come from a feed (`dhgen.executors.feed`), looked
+at every turn: the runner's is closed from the start, the service's stays open while the actors keep the model
+loaded; a cancelled job's task is cancelled like a stalled one, and its record ends `cancelled`.
 """
 
 from __future__ import annotations
@@ -27,12 +29,11 @@ from dhgen import events
 from dhgen.errors import Cancelled, DhgenError, JobProcessCrashed, MissingInputError, UsageError, reason
 from dhgen.events import EventFn
 from dhgen.executors.feed import JobFeed
-from dhgen.executors.raycluster.cluster import SEES_GPUS, Connection
+from dhgen.executors.raycluster.cluster import SEES_GPUS, Connection, HeadWatch
 from dhgen.executors.raycluster.failures import job_failure, node_lost
 from dhgen.executors.raycluster.jobtask import TaskSpec, remove_work_folder, run_job
 from dhgen.executors.raycluster.pool import Actor, Node, Pool
 from dhgen.executors.slots import JobSlot, retrying, take_from
-from dhgen.executors.stopping import StopSignals
 from dhgen.liveness import AttemptProgress, Limits
 from dhgen.manifest import Job
 from dhgen.options import RenderOptions, RunOptions, job_options
@@ -60,24 +61,25 @@ class _Attempt:
     cancelled_at: float = 0.0
 
 
-class RayExecutor:
-    """Executor that runs jobs on a Ray cluster (see the package docstring)."""
+class RayDriver:
+    """The loop of the driver process (see the package docstring)."""
 
-    def __init__(self, options: RenderOptions, run: RunOptions) -> None:
+    def __init__(self, options: RenderOptions, run: RunOptions, on_connected, on_head) -> None:
+        """`on_connected(gcs_address)`: connected to the cluster; `on_head(silence)`: after each read of the node
+        table, None when the head answered, else what went wrong (`HeadWatch`)."""
         self.options, self.run_options = options, run
+        self._on_connected, self._on_head = on_connected, on_head
         self._retry = RetryPolicy(run.retries, run.backoff_s)
         self._limits = Limits.of(run)
 
-    def run(self, jobs: list[Job], fingerprints: dict, emit: EventFn) -> Iterator[JobRecord]:
-        if not jobs:
-            return
-        yield from self.serve(JobFeed.of(jobs, fingerprints), emit)
-
-    def serve(self, feed: JobFeed, emit: EventFn) -> Iterator[JobRecord]:
-        """Run the jobs of `feed` as they arrive, until it is closed and they have finished, or it is stopped."""
+    def serve(self, feed: JobFeed, emit: EventFn, stop) -> Iterator[JobRecord]:
+        """Run the jobs of `feed` as they arrive, until it is closed and they have finished, or it is stopped.
+        `stop`: `.check()` raises Interrupted once a stop was asked for, `.signum` says whether one was."""
         with Connection(self.run_options.ray_address) as connection:
-            self._prepare(connection.ray, feed, emit)
-            with StopSignals(self._kill_now) as self._stop:
+            self._on_connected(connection.gcs_address)
+            with HeadWatch(connection.ray, self._on_head) as watch:
+                self._prepare(connection.ray, feed, emit, watch)
+                self._stop = stop
                 try:
                     self._start_pool()
                     yield from self._loop()
@@ -86,7 +88,7 @@ class RayExecutor:
 
     # --- the loop ------------------------------------------------------------------------------------------
 
-    def _prepare(self, ray, feed: JobFeed, emit: EventFn) -> None:
+    def _prepare(self, ray, feed: JobFeed, emit: EventFn, watch: HeadWatch) -> None:
         self.ray, self._emit, self._feed = ray, emit, feed
         self._run_id = uuid.uuid4().hex[:12]
         self._slots: dict[str, JobSlot] = {}  # unfinished jobs, in the order they arrived
@@ -95,10 +97,10 @@ class RayExecutor:
         self._done: deque[JobRecord] = deque()
         self._inputs = None if self.run_options.ray_shared_fs else Inputs(ray)
         self._task = ray.remote(run_job)
-        self._pool = Pool(ray, self.options, self.run_options, emit, self._out_of_memory)
+        self._pool = Pool(ray, self.options, self.run_options, emit, self._out_of_memory, watch.take)
 
     def _start_pool(self) -> None:
-        self._pool.refresh(time.monotonic(), force=True)
+        self._pool.refresh(time.monotonic())
         if not self._pool.nodes:
             needs = "a GPU and a CPU" if self.options.model.device.startswith("cuda") else "a CPU"
             raise UsageError(
@@ -388,10 +390,6 @@ class RayExecutor:
             self._clean_nodes(deadline + STOP_GRACE_S)
         if self._inputs is not None:
             self._inputs.clear()
-
-    def _kill_now(self) -> None:
-        """A second SIGINT: no waiting. The actors and tasks die with this driver anyway (Ray ends an owner's)."""
-        self._pool.shutdown()
 
     def _drain(self, streams: list, deadline: float) -> None:
         """Read cancelled streams until each has ended, or the deadline."""

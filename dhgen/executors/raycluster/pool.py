@@ -8,8 +8,8 @@ node (NodeAffinitySchedulingStrategy), so its crops never cross the network.
 Each actor is watched through its `watch()` stream: first who it is (model loaded), then its counters. A stream
 that fails means the actor's process died: Ray restarts it (max_restarts=-1) and the driver watches the new one.
 An actor that keeps dying before it serves anything, or cannot load the model, is given up (killed for good).
-Nodes are re-read every NODE_CHECK_S: a node that died is lost (NodeLost for the jobs it held), a new one gets
-actors.
+Each node table the head watch read (`cluster.HeadWatch`, every NODE_CHECK_S) is looked at once: a node that died is
+lost (NodeLost for the jobs it held), a new one gets actors.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from dhgen import events
 from dhgen.errors import OutOfMemory, Stalled
 from dhgen.events import EventFn
 from dhgen.executors.raycluster.actor import REPORT_EVERY_S, InferenceActor
-from dhgen.executors.raycluster.cluster import NodeInfo, nodes
+from dhgen.executors.raycluster.cluster import NodeInfo
 from dhgen.executors.raycluster.failures import actor_died, node_lost
 from dhgen.executors.shares import job_threads, worker_threads
 from dhgen.liveness import PROGRESS_EVERY_S, Limits
@@ -37,7 +37,6 @@ from dhgen.options import RenderOptions, RunOptions
 
 log = logging.getLogger(__name__)
 
-NODE_CHECK_S = 1.0  # how often the cluster's node table is read
 SILENT_AFTER_S = 4 * REPORT_EVERY_S  # an actor that has not reported for this long may be holding work
 REWATCH_PAUSE_S = 0.2  # between watch() calls to an actor whose restart is under way
 MAX_FRUITLESS_RESTARTS = 3  # deaths of an actor in a row before it served a batch, before it is given up
@@ -96,31 +95,32 @@ class Node:
 
 
 class Pool:
-    def __init__(self, ray, options: RenderOptions, run: RunOptions, emit: EventFn, on_oom) -> None:
-        """`on_oom(actor, record)`: an out-of-memory incident hit the jobs using `actor` (their records get it)."""
+    def __init__(self, ray, options: RenderOptions, run: RunOptions, emit: EventFn, on_oom, tables) -> None:
+        """`on_oom(actor, record)`: an out-of-memory incident hit the jobs using `actor` (their records get it);
+        `tables()`: the node table read since the last call, or None (`HeadWatch.take`)."""
         self.ray, self.options, self.run, self._emit, self._on_oom = ray, options, run, emit, on_oom
+        self._tables = tables
         self._limits = Limits.of(run)
         self._actor_class = ray.remote(InferenceActor)
         self.nodes: dict[str, Node] = {}  # node id -> Node, for nodes that can run jobs
         self._ignored: set[str] = set()  # nodes seen that cannot (no CPU, or no GPU for --device cuda)
         self._watches: dict[int, tuple[object, Actor]] = {}  # id(stream) -> (stream, actor)
         self._next_index = 0
-        self._checked = 0.0
         self.last_loss: dict | None = None  # the record of the last node or actor given up
 
     # --- nodes ---------------------------------------------------------------------------------------------
 
-    def refresh(self, now: float, force: bool = False) -> list[Node]:
-        """Watch again the actors whose restart is under way; read the node table (every NODE_CHECK_S) and start
-        actors on new nodes. Returns the nodes found dead."""
+    def refresh(self, now: float) -> list[Node]:
+        """Watch again the actors whose restart is under way; look at the latest node table, if a new one was read,
+        and start actors on new nodes. Returns the nodes found dead."""
         for actor in self.actors():
             if actor.usable and actor.watch is None and now >= actor.rewatch_at:
                 self._watch(actor)
-        if not force and now - self._checked < NODE_CHECK_S:
+        table = self._tables()
+        if table is None:
             return []
-        self._checked = now
         died = []
-        for info in nodes(self.ray):
+        for info in table:
             node = self.nodes.get(info.node_id)
             if node is None and info.alive and info.node_id not in self._ignored:
                 self._add_node(info)
