@@ -228,6 +228,21 @@ def render(
     loop: Annotated[
         Loop, typer.Option(help="how a short avatar is extended", rich_help_panel=ENCODING)
     ] = Loop.pingpong,
+    face: Annotated[
+        str,
+        typer.Option(
+            metavar="<face>",
+            help="which face speaks: auto (the surest), largest, center, left, right, N (the Nth from the left, 0 first) "
+            "or x,y (a pixel of it)",
+            rich_help_panel=ENCODING,
+        ),
+    ] = "auto",
+    min_face_coverage: Annotated[
+        float,
+        typer.Option(
+            min=0.0, max=1.0, help="fail a job whose face is in a smaller share of its frames", rich_help_panel=ENCODING
+        ),
+    ] = 0.0,
     encoder: Annotated[
         str,
         typer.Option(
@@ -324,7 +339,7 @@ def render(
             raise UsageError("--verify needs --resume", hint="--resume --verify checks the last run's frames_digest")
         options = RenderOptions(
             avatar=AvatarOptions(still_fps=fps, loop=loop.value),
-            face=FaceOptions(),
+            face=FaceOptions(choice=face, min_coverage=min_face_coverage),
             encode=EncodeOptions(encoder=encoder, codec=codec.value if codec else None, preset=preset, crf=crf),
             model=ModelOptions(
                 name=model, checkpoint=checkpoint, device=device, batch_size=batch_size, pads=tuple(pads)
