@@ -142,10 +142,11 @@ def _app(
 
 
 # Option groups of `render --help` (Typer's rich panels).
-ONE_JOB, MANIFEST, MODEL, ENCODING, EXECUTION, REPORTING = (
+ONE_JOB, MANIFEST, MODEL, FACES, ENCODING, EXECUTION, REPORTING = (
     "One job (no manifest)",
     "Manifest batch",
     "Model",
+    "Faces",
     "Avatar and encoding",
     "Execution and supervision",
     "Progress and logs",
@@ -234,13 +235,13 @@ def render(
             metavar="<face>",
             help="which face speaks: auto (the surest), largest, center, left, right, N (the Nth from the left, 0 first) "
             "or x,y (a pixel of it)",
-            rich_help_panel=ENCODING,
+            rich_help_panel=FACES,
         ),
     ] = "auto",
     min_face_coverage: Annotated[
         float,
         typer.Option(
-            min=0.0, max=1.0, help="fail a job whose face is in a smaller share of its frames", rich_help_panel=ENCODING
+            min=0.0, max=1.0, help="fail a job whose face is in a smaller share of its frames", rich_help_panel=FACES
         ),
     ] = 0.0,
     encoder: Annotated[

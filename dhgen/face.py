@@ -143,26 +143,24 @@ class _Tracker:
         self.stride = max(1, options.stride)
 
     def examine(self, i: int, frame: Frame) -> bool:
-        """Look for the face in frame i (a stride frame); whether it is there."""
+        """Look for the face in stride frame i (the frontal cascade looks at all of it); whether it is there."""
         image = frame() if callable(frame) else frame
-        gray, scale = _detection_image(image, self.options.detect_width)
+        view = _View.of(image, self.options.detect_width)
         if self.last is None:
-            found = self._choose(i, gray, scale)
+            found = self._choose(i, view)
         else:
-            found = self._follow(
-                gray, scale, self.found[self.last], recent=i - self.last <= SHRINK_WINDOW * self.stride
-            )
-        return self._note(i, image, gray, scale, found)
+            recent = i - self.last <= SHRINK_WINDOW * self.stride
+            found = self._follow(view, self.found[self.last], recent, whole=True)
+        return self._note(i, image, view, found)
 
     def fill(self, frames: list[tuple[int, Frame]], anchor: int) -> None:
         """Examine `frames` (between a stride frame with the face, `anchor`, and one without; nearest `anchor`
-        first), following the face from `anchor`."""
+        first), following the face from `anchor` (the cascades look only around it)."""
         previous = self.found[anchor]
         for i, frame in frames:
             image = frame() if callable(frame) else frame
-            gray, scale = _detection_image(image, self.options.detect_width)
-            found = self._follow(gray, scale, previous, recent=True)
-            if self._note(i, image, gray, scale, found):
+            view = _View.of(image, self.options.detect_width)
+            if self._note(i, image, view, self._follow(view, previous, recent=True, whole=False)):
                 previous = self.found[i]
 
     def track(self, n: int) -> FaceTrack:
@@ -181,14 +179,13 @@ class _Tracker:
             chosen=chosen,
         )
 
-    def _choose(self, i: int, gray: np.ndarray, scale: float) -> tuple[Box, bool] | None:
+    def _choose(self, i: int, view: _View) -> tuple[Box, bool] | None:
         """The face the choice names among the frontal faces of frame i (None if it has none)."""
-        faces = sure_faces(_in_frame(cascade_faces(self.frontal, gray), scale))
+        faces = sure_faces(view.faces(self.frontal))
         if not faces:
             return None
         faces.sort(key=lambda face: face[0][0] + face[0][2] / 2)
-        height, width = (round(v / scale) for v in gray.shape[:2])
-        k = choose_face(self.choice, faces, width, height)
+        k = choose_face(self.choice, faces, *view.frame_size)
         if k is None:
             raise NoFaceError(
                 _unmatched(self.choice, i, [box for box, _ in faces]), path=self.path, hint=FACE_CHOICE_HINT
@@ -196,24 +193,18 @@ class _Tracker:
         self.first = (i, [box for box, _ in faces], k)
         return faces[k][0], True
 
-    def _follow(self, gray: np.ndarray, scale: float, previous: Box, recent: bool) -> tuple[Box, bool] | None:
-        """The detection that continues the face last seen at `previous`: frontal, else profile (None if none)."""
-        box = nearest_face(_in_frame(cascade_faces(self.frontal, gray), scale), previous, recent)
+    def _follow(self, view: _View, previous: Box, recent: bool, whole: bool) -> tuple[Box, bool] | None:
+        """The detection that continues the face last seen at `previous`: frontal, else profile (None if none).
+        The profile cascade (and the frontal one unless `whole`) looks only near `previous`."""
+        near = previous if recent else None  # an old box bounds where the face is, not its size
+        box = nearest_face(view.faces(self.frontal, near, window=not whole), previous, recent)
         if box is not None:
             return box, True
-        box = nearest_face(_in_frame(self._profile_faces(gray), scale), previous, recent)
+        profiles = view.faces(self.profile, near) + view.faces(self.profile, near, mirrored=True)
+        box = nearest_face([face for face in profiles if face[1] >= PROFILE_WEIGHT], previous, recent)
         return (box, False) if box is not None else None
 
-    def _profile_faces(self, gray: np.ndarray) -> list[tuple[Box, float]]:
-        """Profile-cascade hits facing either way (the cascade knows one side; the mirrored frame gives the other)."""
-        width = gray.shape[1]
-        faces = cascade_faces(self.profile, gray)
-        faces += [
-            ((width - x - w, y, w, h), weight) for (x, y, w, h), weight in cascade_faces(self.profile, gray[:, ::-1])
-        ]
-        return [face for face in faces if face[1] >= PROFILE_WEIGHT]
-
-    def _note(self, i: int, image: np.ndarray, gray: np.ndarray, scale: float, found) -> bool:
+    def _note(self, i: int, image: np.ndarray, view: _View, found) -> bool:
         if found is None:
             self.missed.add(i)
             return False
@@ -221,7 +212,7 @@ class _Tracker:
         self.found[i] = box
         self.last = max(i, self.last if self.last is not None else i)
         if frontal:  # the reference comes from frontal views only
-            openness = mouth_openness(gray, tuple(v * scale for v in box))
+            openness = mouth_openness(view.gray, tuple(v * view.scale for v in box))
             if self.best is None or openness < self.best[0]:
                 self.best = (openness, i, np.array(image, copy=True))  # a copy: callers may reuse their buffers
         return True
@@ -300,33 +291,73 @@ def _load_cascade(name: str) -> cv2.CascadeClassifier:
     return cascade
 
 
-def _detection_image(frame: np.ndarray, detect_width: int) -> tuple[np.ndarray, float]:
-    """Grayscale frame, downscaled to at most `detect_width` wide, and the scale applied."""
-    gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
-    scale = min(1.0, detect_width / gray.shape[1]) if detect_width > 0 else 1.0
-    if scale < 1.0:
-        size = (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale)))
-        gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
-    return gray, scale
+@dataclass(frozen=True)
+class _View:
+    """A frame as the cascades see it: grayscale, downscaled by `scale` to at most `detect_width` wide."""
+
+    gray: np.ndarray
+    scale: float
+
+    @classmethod
+    def of(cls, frame: np.ndarray, detect_width: int) -> _View:
+        gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        scale = min(1.0, detect_width / gray.shape[1]) if detect_width > 0 else 1.0
+        if scale < 1.0:
+            size = (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale)))
+            gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+        return cls(gray, scale)
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """(width, height) of the frame, in frame pixels."""
+        return round(self.gray.shape[1] / self.scale), round(self.gray.shape[0] / self.scale)
+
+    def faces(self, cascade, near: Box | None = None, *, window: bool = True, mirrored: bool = False):
+        """The cascade's detections, (box in frame pixels, confidence): anywhere in the frame, or, given `near`
+        (a recent box of the face), only those that could continue it (MAX_JUMP, SHRINK_LIMIT): of a like size, and
+        with `window`, near it. Fewer scales and places make the cascade several times cheaper. `mirrored` looks at
+        the mirror image (for the profile cascade: faces turned the other way); boxes are in the frame's own
+        coordinates."""
+        x0, y0, x1, y1 = self._window(near if window else None)
+        gray = self.gray[y0:y1, x0:x1]
+        least = max(20, min(self.gray.shape[:2]) // 12)  # of the whole frame, wherever the cascade looks
+        most = 0  # no limit
+        if near is not None:
+            least = max(least, int(SHRINK_LIMIT * near[2] * self.scale))
+            most = int(np.ceil(near[2] * self.scale / SHRINK_LIMIT))
+        if min(gray.shape[:2]) < least or (most and most < least):
+            return []
+        found = cascade_faces(cascade, gray[:, ::-1] if mirrored else gray, least, most)
+        if mirrored:
+            found = [((gray.shape[1] - x - w, y, w, h), weight) for (x, y, w, h), weight in found]
+        return [(tuple(v / self.scale for v in (x + x0, y + y0, w, h)), weight) for (x, y, w, h), weight in found]
+
+    def _window(self, near: Box | None) -> tuple[int, int, int, int]:
+        height, width = self.gray.shape[:2]
+        if near is None:
+            return 0, 0, width, height
+        cx, cy = (v * self.scale for v in _centre(near))
+        reach = (MAX_JUMP + 0.5 / SHRINK_LIMIT) * near[2] * self.scale  # the farthest edge of a continuing face
+        x0, y0 = max(0, int(cx - reach)), max(0, int(cy - reach))
+        return x0, y0, min(width, int(np.ceil(cx + reach))), min(height, int(np.ceil(cy + reach)))
 
 
-def cascade_faces(cascade: cv2.CascadeClassifier, gray: np.ndarray) -> list[tuple[Box, float]]:
+def cascade_faces(
+    cascade: cv2.CascadeClassifier, gray: np.ndarray, min_side: int | None = None, max_side: int = 0
+) -> list[tuple[Box, float]]:
     """The faces the cascade finds, each with its confidence (the cascade's level weight: a real face scores
-    several times what a patch of background or an eye does)."""
-    min_side = max(20, min(gray.shape[:2]) // 12)
+    several times what a patch of background or an eye does). Faces from `min_side` (default: a twelfth of the
+    image's shorter side, at least 20 px) to `max_side` (0: any) across."""
+    min_side = min_side or max(20, min(gray.shape[:2]) // 12)
     faces, _, weights = cascade.detectMultiScale3(
         np.ascontiguousarray(gray),
         scaleFactor=1.1,
         minNeighbors=5,
         minSize=(min_side, min_side),
+        maxSize=(max_side, max_side),
         outputRejectLevels=True,
     )
     return [(tuple(float(v) for v in face), float(w)) for face, w in zip(faces, np.ravel(weights), strict=True)]
-
-
-def _in_frame(faces: list[tuple[Box, float]], scale: float) -> list[tuple[Box, float]]:
-    """Detections on the downscaled image, in frame pixels."""
-    return [(tuple(v / scale for v in box), weight) for box, weight in faces]
 
 
 def mouth_openness(gray: np.ndarray, box: Box) -> float:

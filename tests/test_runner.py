@@ -329,6 +329,7 @@ def test_per_job_settings_reach_the_outputs_under_the_supervisor(tmp_path):
         "crf": 51,
         "preset": "ultrafast",
         "pads": [0, 10, 0, 0],
+        "face": "auto",
     }
     assert thirty["overrides"] == {"fps": 30.0, "crf": 51, "preset": "ultrafast"}
     assert thirty["encoder"]["name"] == "libx264" and thirty["encoder"]["preset"] == "ultrafast"
