@@ -233,8 +233,8 @@ def render(
         str,
         typer.Option(
             metavar="<face>",
-            help="which face speaks: auto (the surest), largest, center, left, right, N (the Nth from the left, 0 first) "
-            "or x,y (a pixel of it)",
+            help="which face speaks: auto (the surest), largest, center, left, right, N (the Nth from the left, "
+            "0 first) or x,y (a pixel of it)",
             rich_help_panel=FACES,
         ),
     ] = "auto",
