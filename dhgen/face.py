@@ -45,8 +45,10 @@ log = logging.getLogger(__name__)
 CASCADE = "haarcascade_frontalface_default.xml"
 PROFILE_CASCADE = "haarcascade_profileface.xml"  # faces turned to one side; the mirrored frame gives the other
 CACHE_VERSION = 4  # bump when the tracking maths changes, so old cache entries are not reused
-SHRINK_LIMIT = 0.6  # a face found this much smaller (or larger, inverted) than the one tracked a few strides before
-SHRINK_WINDOW = 4  # ... "a few": this many strides                  is a false hit (an eye, a patch of background)
+# A face does not shrink or grow by more than SHRINK_LIMIT (or its inverse) within SHRINK_WINDOW strides: a box
+# that does is a false hit (an eye, a patch of background) where the cascade missed the real face.
+SHRINK_LIMIT = 0.6
+SHRINK_WINDOW = 4
 MAX_JUMP = 1.0  # a later detection of the tracked face lies within this many face widths of its last box
 # Cascade confidences (level weights): real frontal faces score 3-12 on our footage, false hits (the helmet beside
 # the astronaut, a patch of a car seat) under 2. A face to choose from scores SURE_WEIGHT, or at least half the
@@ -325,7 +327,7 @@ class _View:
         if near is not None:
             least = max(least, int(SHRINK_LIMIT * near[2] * self.scale))
             most = int(np.ceil(near[2] * self.scale / SHRINK_LIMIT))
-        if min(gray.shape[:2]) < least or (most and most < least):
+        if min(gray.shape[:2]) < least:
             return []
         found = cascade_faces(cascade, gray[:, ::-1] if mirrored else gray, least, most)
         if mirrored:
@@ -471,11 +473,8 @@ def _load_cache(cache_file: Path, n: int, info: AvatarInfo) -> FaceTrack | None:
             boxes = data["boxes"].astype(np.float32)
             ref_index = int(data["reference_index"])
             png = data["reference_png"]
-            first_frame, faces, chosen = (
-                int(data["first_frame"]),
-                data["faces_found"].astype(np.float32),
-                int(data["chosen"]),
-            )
+            first_frame, chosen = int(data["first_frame"]), int(data["chosen"])
+            faces = data["faces_found"].astype(np.float32)
         reference = cv2.imdecode(png, cv2.IMREAD_COLOR)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, cv2.error) as exc:
         log.warning("ignoring unreadable face cache %s: %s", cache_file, exc)
