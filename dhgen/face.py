@@ -8,7 +8,8 @@ from then on the track keeps that face by position: each later detection must li
 one and be of a like size, so a second face, however confident, never takes its place. Where the frontal cascade
 misses the tracked face, the profile cascade tries (on the frame and its mirror image, for either side). When a
 stride frame has the face and the next does not (or the other way round), the frames between are examined too, so
-the track holds up to the frames where the face really goes.
+the track holds up to the frames where the face really goes. Only where a single face was found to choose from
+does a face lost for more than a few strides come back wherever it reappears.
 
 Boxes are smoothed across detections with two-sided exponential weights (no lag) and interpolated linearly in
 between; a gap of at most two strides between detections is bridged. Frames farther than one stride from every
@@ -153,6 +154,8 @@ class _Tracker:
         else:
             recent = i - self.last <= SHRINK_WINDOW * self.stride
             found = self._follow(view, self.found[self.last], recent, whole=True)
+            if found is None and not recent and len(self.first[1]) == 1:
+                found = self._rejoin(view)
         return self._note(i, image, view, found)
 
     def fill(self, frames: list[tuple[int, Frame]], anchor: int) -> None:
@@ -205,6 +208,12 @@ class _Tracker:
         profiles = view.faces(self.profile, near) + view.faces(self.profile, near, mirrored=True)
         box = nearest_face([face for face in profiles if face[1] >= PROFILE_WEIGHT], previous, recent)
         return (box, False) if box is not None else None
+
+    def _rejoin(self, view: _View) -> tuple[Box, bool] | None:
+        """Where the face was the only one, and has been lost for a while (it left the picture, the shot changed),
+        the surest face anywhere takes its place: with one person there is no one to swap it for."""
+        faces = sure_faces(view.faces(self.frontal))
+        return (max(faces, key=lambda face: face[1])[0], True) if faces else None
 
     def _note(self, i: int, image: np.ndarray, view: _View, found) -> bool:
         if found is None:

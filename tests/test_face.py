@@ -297,6 +297,33 @@ def test_cache_is_keyed_by_the_choice(options):
     assert again.record("left") == first.record("left")  # the faces found come back from the cache too
 
 
+def test_a_chosen_face_that_goes_away_is_not_replaced_by_the_other_one(options):
+    """The left face of two_faces.jpg leaves the picture for 30 frames and comes back; the right one stays. The
+    track of `left` has no box while it is gone (none pasted onto the other face), and takes it up again."""
+    both = cv2.imread(str(TWO_FACES))
+    right_only = both.copy()
+    right_only[:, :288] = both[0, 0]  # the background colour
+    frames = [(i, right_only if 10 <= i < 40 else both) for i in range(0, 50, 5)] + [(49, both)]
+    track = detect_track(frames, 50, dataclasses.replace(options, choice="left", smooth=0))
+    has_face = ~np.isnan(track.boxes[:, 0])
+    assert has_face.tolist() == [not 10 <= i <= 35 for i in range(50)]  # up to a stride from where it was seen
+    assert (centres(track.boxes[has_face])[:, 0] < 256).all()  # always the left face
+
+
+def test_a_lone_face_that_comes_back_elsewhere_is_taken_up_again(options):
+    """One person, who leaves and comes back on the other side of the picture (a cut): with no other face to
+    confuse it with, the track follows."""
+    portrait = cv2.imread(str(FIXTURES / "portrait.png"))
+    left = np.full((288, 576, 3), portrait[0, 0], np.uint8)
+    left[:, :288] = portrait
+    right, empty = left[:, ::-1].copy(), np.full_like(left, portrait[0, 0])
+    frames = [(i, left if i < 10 else empty if i < 40 else right) for i in range(0, 50, 5)] + [(49, right)]
+    track = detect_track(frames, 50, dataclasses.replace(options, smooth=0))
+    assert track.record("auto")["faces_found"] == [track.record("auto")["box_at_first_frame"]]
+    assert (~np.isnan(track.boxes[:, 0])).tolist() == [not 10 <= i <= 35 for i in range(50)]
+    assert centres(track.boxes[:10])[:, 0].max() < 288 < centres(track.boxes[36:])[:, 0].min()
+
+
 # --- turned heads ------------------------------------------------------------------------------------------------
 
 
