@@ -153,9 +153,8 @@ class _Tracker:
             found = self._choose(i, view)
         else:
             recent = i - self.last <= SHRINK_WINDOW * self.stride
-            found = self._follow(view, self.found[self.last], recent, whole=True)
-            if found is None and not recent and len(self.first[1]) == 1:
-                found = self._rejoin(view)
+            alone = len(self.first[1]) == 1  # set with self.last
+            found = self._follow(view, self.found[self.last], recent, whole=True, anywhere=alone and not recent)
         return self._note(i, image, view, found)
 
     def fill(self, frames: list[tuple[int, Frame]], anchor: int) -> None:
@@ -198,22 +197,23 @@ class _Tracker:
         self.first = (i, [box for box, _ in faces], k)
         return faces[k][0], True
 
-    def _follow(self, view: _View, previous: Box, recent: bool, whole: bool) -> tuple[Box, bool] | None:
+    def _follow(
+        self, view: _View, previous: Box, recent: bool, whole: bool, anywhere: bool = False
+    ) -> tuple[Box, bool] | None:
         """The detection that continues the face last seen at `previous`: frontal, else profile (None if none).
-        The profile cascade (and the frontal one unless `whole`) looks only near `previous`."""
+        The profile cascade (and the frontal one unless `whole`) looks only near `previous`. With `anywhere` (the
+        face was the only one and has been lost for a while: it left the picture, the shot changed), the surest
+        frontal face anywhere will do: with one person there is no one to swap it for."""
         near = previous if recent else None  # an old box bounds where the face is, not its size
-        box = nearest_face(view.faces(self.frontal, near, window=not whole), previous, recent)
+        frontal = view.faces(self.frontal, near, window=not whole)
+        box = nearest_face(frontal, previous, recent)
+        if box is None and anywhere:
+            box = max(sure_faces(frontal), key=lambda face: face[1], default=(None, 0.0))[0]
         if box is not None:
             return box, True
         profiles = view.faces(self.profile, near) + view.faces(self.profile, near, mirrored=True)
         box = nearest_face([face for face in profiles if face[1] >= PROFILE_WEIGHT], previous, recent)
         return (box, False) if box is not None else None
-
-    def _rejoin(self, view: _View) -> tuple[Box, bool] | None:
-        """Where the face was the only one, and has been lost for a while (it left the picture, the shot changed),
-        the surest face anywhere takes its place: with one person there is no one to swap it for."""
-        faces = sure_faces(view.faces(self.frontal))
-        return (max(faces, key=lambda face: face[1])[0], True) if faces else None
 
     def _note(self, i: int, image: np.ndarray, view: _View, found) -> bool:
         if found is None:
