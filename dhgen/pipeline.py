@@ -144,9 +144,9 @@ class _Job:
         """The share of output frames that get a mouth; NoFaceError under `--min-face-coverage`, before any
         frame is encoded."""
         schedule = frame_schedule(self.info.n_frames, self.n_out, self.options.avatar.loop)
-        faced = {int(i): self._rect(int(i)) is not None for i in np.unique(schedule)}
-        covered = sum(faced[int(i)] for i in schedule)
-        share = covered / max(1, self.n_out)
+        faced = np.array([self._rect(i) is not None for i in range(int(schedule.max()) + 1)])
+        covered = int(faced[schedule].sum())
+        share = covered / self.n_out
         least = self.options.face.min_coverage
         if share < least:
             raise NoFaceError(

@@ -52,7 +52,7 @@ class JobRecord:
     frames_digest: str | None = None  # sha256 of the frames as handed to the encoder (dhgen.writer), when succeeded
     face: dict | None = None  # {choice, frame, box_at_first_frame, faces_found}: the face animated, when succeeded
     face_coverage: float | None = None  # the share of output frames that got a mouth, when succeeded
-    settings: dict | None = None  # loop, fps (of a still avatar), crf, preset, pads: what the job rendered with
+    settings: dict | None = None  # loop, fps (of a still avatar), crf, preset, pads, face: what it rendered with
     overrides: dict = field(default_factory=dict)  # those of them that the job's manifest row set itself
     meta: dict = field(default_factory=dict)  # the row's own x_ columns (a customer id, say), as given
 
