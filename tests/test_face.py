@@ -5,27 +5,16 @@ as long as it finds them and dropped where no face is."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from conftest import FIXTURES, fixture_script
 
 from dhgen.avatar import iter_first_frames, probe_avatar
 from dhgen.errors import NoFaceError
 from dhgen.face import cascade_faces, detect_track, interpolate_boxes, mouth_openness, track_faces
 from dhgen.options import FaceOptions
-
-FIXTURES = Path(__file__).parent / "fixtures"
-
-
-def fixture_script(name: str):
-    """A fixture-making script as a module (for the geometry it drew the fixtures with)."""
-    spec = importlib.util.spec_from_file_location(name, FIXTURES / f"{name}.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
 
 
 def expected_face_centres(n: int, size: int = 256) -> np.ndarray:

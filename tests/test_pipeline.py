@@ -18,7 +18,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from conftest import FIXTURES
+from conftest import FIXTURES, fixture_script
 
 import dhgen.face
 from dhgen import pipeline
@@ -385,6 +385,23 @@ def test_each_face_choice_animates_that_face_and_leaves_the_other_exactly_as_it_
     x, y, w, h = state.track.boxes[0]
     assert x < xs.mean() < x + w and y + h / 2 < ys.mean() < y + 1.2 * h  # around the chosen face's mouth
     assert state.face_coverage == 1.0
+
+
+def test_the_mouth_stays_on_the_chosen_face_while_the_two_faces_pass_each_other(tmp_path):
+    """two_faces_moving.mp4: the portrait moves from the left edge to the right one in the top row, its mirror image
+    the other way in the bottom row. With `left`, every frame's changed pixels are inside the portrait's tile."""
+    script = fixture_script("make_face_fixtures")
+    audio = tmp_path / "a.wav"
+    write_clip(FIXTURES / "speech.wav", audio, 2.0)  # 50 frames: the avatar once
+    options = RenderOptions(face=FaceOptions(cache_dir=tmp_path / "cache", choice="left"), model=ModelOptions())
+    _, frames = composited(Job("x", audio, FIXTURES / "two_faces_moving.mp4", tmp_path / "x.mp4"), options)
+    avatar = decode_frames(FIXTURES / "two_faces_moving.mp4")
+    for t, (frame, source) in enumerate(zip(frames, avatar, strict=True)):
+        (x, y), _ = script.tile_positions(t)
+        outside = np.ones(frame.shape[:2], bool)
+        outside[y : y + script.TILE, x : x + script.TILE] = False
+        assert np.array_equal(frame[outside], source[outside]), f"frame {t}: pixels changed outside the chosen face"
+    assert sum(np.any(frame != source) for frame, source in zip(frames, avatar, strict=True)) >= 40
 
 
 def test_a_turned_head_gets_a_mouth_only_while_a_face_is_found(tmp_path):
