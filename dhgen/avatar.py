@@ -13,9 +13,10 @@ yielded array is the caller's own (callers paste into frames in place).
 from __future__ import annotations
 
 import bisect
+import functools
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -252,19 +253,31 @@ def iter_frames(
 
 
 def iter_first_frames(info: AvatarInfo, n: int, *, step: int = 1, threads: int = 0) -> Iterator[tuple[int, np.ndarray]]:
-    """The first min(n, n_frames) frames in order (for face detection).
+    """The first min(n, n_frames) frames in order.
 
     With `step` > 1 only every step-th frame and the last one are converted and yielded (the others are decoded,
     which sequential decoding needs, but not converted).
     """
     n = min(n, info.n_frames)
+    for i, load in iter_frame_loaders(info, n, threads=threads):
+        if i % step == 0 or i == n - 1:
+            yield i, load()
+
+
+def iter_frame_loaders(info: AvatarInfo, n: int, *, threads: int = 0) -> Iterator[tuple[int, Callable[[], np.ndarray]]]:
+    """(i, load) for the first min(n, n_frames) frames in order, for face detection: every frame is decoded
+    (sequential decoding needs it), but converted to a BGR frame only when its `load()` is called, which may be
+    after the iteration has moved on (so a detector converts just the frames it looks at)."""
+    n = min(n, info.n_frames)
     if n <= 0:
         return
     if info.is_still:
-        yield 0, _decode_still(info)
+        still = _decode_still(info)
+        yield 0, lambda: still
         return
     with _Decoder(info, threads) as decoder:
-        yield from decoder.frames(0, n, keep=lambda i: i % step == 0 or i == n - 1)
+        for i, frame in decoder.decoded(0, n):
+            yield i, functools.partial(decoder.to_bgr, frame)
 
 
 def _decode_still(info: AvatarInfo) -> np.ndarray:

@@ -17,13 +17,16 @@ from dhgen.errors import UsageError
 from dhgen.gpus import Gpus, visible_gpus
 from dhgen.models import get_family
 from dhgen.options import (
+    FACE_CHOICE_HINT,
     LOOP_MODES,
     PRECISIONS,
     AvatarOptions,
     EncodeOptions,
+    FaceOptions,
     ModelOptions,
     RenderOptions,
     RunOptions,
+    face_choice,
 )
 
 DEVICE_SYNTAX = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -34,6 +37,7 @@ def check_options(options: RenderOptions, run: RunOptions) -> None:
     check_model(options.model, local=run.executor == "local")
     check_encode(options.encode)
     check_avatar(options.avatar)
+    check_face(options.face)
     check_run(run)
 
 
@@ -122,6 +126,19 @@ def check_avatar(avatar: AvatarOptions) -> None:
         raise UsageError(f"--loop {avatar.loop!r} is not a loop mode", hint=f"use one of: {', '.join(LOOP_MODES)}")
     if not avatar.still_fps > 0:
         raise UsageError(f"--fps {avatar.still_fps} must be above 0")
+
+
+def check_face(face: FaceOptions) -> None:
+    """--face names a face the tracker knows how to choose; --min-face-coverage is a share of the frames."""
+    try:
+        face_choice(face.choice)
+    except ValueError as exc:
+        raise UsageError(f"--face {face.choice!r} {exc}", hint=FACE_CHOICE_HINT) from None
+    if not 0 <= face.min_coverage <= 1:
+        raise UsageError(
+            f"--min-face-coverage {face.min_coverage:g} is not a share of the frames",
+            hint="give a number from 0 (off) to 1 (every frame must show the face), like 0.9",
+        )
 
 
 def check_run(run: RunOptions) -> None:

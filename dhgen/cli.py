@@ -152,10 +152,11 @@ def _app(
 
 
 # Option groups of `render --help` (Typer's rich panels).
-ONE_JOB, MANIFEST, MODEL, ENCODING, EXECUTION, REPORTING = (
+ONE_JOB, MANIFEST, MODEL, FACES, ENCODING, EXECUTION, REPORTING = (
     "One job (no manifest)",
     "Manifest batch",
     "Model",
+    "Faces",
     "Avatar and encoding",
     "Execution and supervision",
     "Progress and logs",
@@ -253,6 +254,21 @@ RaySharedFsArg = Annotated[
         rich_help_panel=EXECUTION,
     ),
 ]
+FaceArg = Annotated[
+    str,
+    typer.Option(
+        metavar="<face>",
+        help="which face speaks: auto (the surest), largest, center, left, right, N (the Nth from the left, "
+        "0 first) or x,y (a pixel of it)",
+        rich_help_panel=FACES,
+    ),
+]
+MinFaceCoverageArg = Annotated[
+    float,
+    typer.Option(
+        min=0.0, max=1.0, help="fail a job whose face is in a smaller share of its frames", rich_help_panel=FACES
+    ),
+]
 RayHeadTimeoutArg = Annotated[
     float | None,
     typer.Option(
@@ -332,6 +348,8 @@ def render(
     loop: Annotated[
         Loop, typer.Option(help="how a short avatar is extended", rich_help_panel=ENCODING)
     ] = Loop.pingpong,
+    face: FaceArg = "auto",
+    min_face_coverage: MinFaceCoverageArg = 0.0,
     encoder: EncoderArg = "auto",
     codec: CodecArg = None,
     preset: PresetArg = "veryfast",
@@ -376,7 +394,7 @@ def render(
             raise UsageError("--verify needs --resume", hint="--resume --verify checks the last run's frames_digest")
         options = RenderOptions(
             avatar=AvatarOptions(still_fps=fps, loop=loop.value),
-            face=FaceOptions(),
+            face=FaceOptions(choice=face, min_coverage=min_face_coverage),
             encode=_encode_options(encoder, codec, preset, crf),
             model=ModelOptions(
                 name=model,
@@ -500,6 +518,8 @@ def serve(
     device: DeviceArg = "auto",
     batch_size: BatchSizeArg = None,
     precision: PrecisionArg = Precision.auto,
+    face: FaceArg = "auto",
+    min_face_coverage: MinFaceCoverageArg = 0.0,
     encoder: EncoderArg = "auto",
     codec: CodecArg = None,
     preset: PresetArg = "veryfast",
@@ -533,6 +553,7 @@ def serve(
             drain_timeout=drain_timeout,
         )
         options = RenderOptions(
+            face=FaceOptions(choice=face, min_coverage=min_face_coverage),
             encode=_encode_options(encoder, codec, preset, crf),
             model=ModelOptions(
                 name=model, checkpoint=checkpoint, device=device, precision=precision.value, batch_size=batch_size

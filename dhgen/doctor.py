@@ -85,15 +85,16 @@ def probe_encoder(name: str) -> bool:
 
 
 def probe_cascade() -> Path | None:
-    """The frontal-face Haar cascade dhgen uses, if present and loadable."""
+    """The frontal-face Haar cascade dhgen uses, if it and the profile cascade beside it are present and loadable."""
     import cv2
 
-    from dhgen.face import CASCADE
+    from dhgen.face import CASCADE, PROFILE_CASCADE
 
-    path = Path(getattr(getattr(cv2, "data", None), "haarcascades", "") or ".") / CASCADE
-    if not path.is_file() or cv2.CascadeClassifier(str(path)).empty():
+    folder = Path(getattr(getattr(cv2, "data", None), "haarcascades", "") or ".")
+    paths = [folder / CASCADE, folder / PROFILE_CASCADE]
+    if any(not path.is_file() or cv2.CascadeClassifier(str(path)).empty() for path in paths):
         return None
-    return path
+    return paths[0]
 
 
 def probe_cache() -> tuple[Path, int]:
@@ -296,7 +297,7 @@ def check_cascade(probes: Probes) -> list[Check]:
     except Exception as exc:  # noqa: BLE001 - an OpenCV that does not import is the same finding
         path, why = None, f"cannot import OpenCV: {exc}"
     else:
-        why = "haarcascade_frontalface_default.xml not found or not loadable"
+        why = "haarcascade_frontalface_default.xml or haarcascade_profileface.xml not found or not loadable"
     if path is None:
         hint = "install opencv-python-headless<5 (5.x wheels ship no cascades)"
         return [Check("haar cascade", "fail", why, hint, {"path": None})]

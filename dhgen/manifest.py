@@ -23,10 +23,10 @@ from pathlib import Path
 from dhgen.encoders import CRF_RANGE, X264_PRESETS
 from dhgen.errors import ManifestError, reason
 from dhgen.files import replace_atomically
-from dhgen.options import LOOP_MODES, JobSettings
+from dhgen.options import FACE_CHOICE_HINT, LOOP_MODES, JobSettings, face_choice
 
 KNOWN_KEYS = ("id", "audio", "avatar", "output")
-SETTING_KEYS = ("loop", "fps", "crf", "preset", "pads")  # a job's own settings, over the command line's
+SETTING_KEYS = ("loop", "fps", "crf", "preset", "pads", "face")  # a job's own settings, over the command line's
 ALL_KEYS = KNOWN_KEYS + SETTING_KEYS
 USER_PREFIX = "x_"  # columns of the user's own (a customer id, say): kept in the record, never interpreted
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
@@ -56,7 +56,7 @@ class Job:
     audio: Path
     avatar: Path
     output: Path
-    settings: JobSettings = JobSettings()  # the row's own loop/fps/crf/preset/pads
+    settings: JobSettings = JobSettings()  # the row's own loop/fps/crf/preset/pads/face
     meta: tuple[tuple[str, object], ...] = field(default=(), hash=False)  # the row's x_ columns, in order
 
 
@@ -355,7 +355,7 @@ def _safe_output(path: Path, row: _Row, out_dir: Path, root: Path, output: str) 
 
 
 def _job_settings(path: Path, row: _Row) -> JobSettings:
-    """The row's loop/fps/crf/preset/pads, each checked; an empty cell (or null) leaves the command line's."""
+    """The row's loop/fps/crf/preset/pads/face, each checked; an empty cell (or null) leaves the command line's."""
     values = {}
     for key in SETTING_KEYS:
         raw = row.fields.get(key)
@@ -421,7 +421,21 @@ def _whole(raw, hint: str) -> int:
     raise _BadValue("is not a whole number", hint)
 
 
-PARSERS = {"loop": _parse_loop, "fps": _parse_fps, "crf": _parse_crf, "preset": _parse_preset, "pads": _parse_pads}
+def _parse_face(raw) -> str:
+    try:
+        return face_choice(raw)
+    except ValueError as exc:
+        raise _BadValue(str(exc), FACE_CHOICE_HINT + '; in CSV, quote a pixel: "120,80"') from None
+
+
+PARSERS = {
+    "loop": _parse_loop,
+    "fps": _parse_fps,
+    "crf": _parse_crf,
+    "preset": _parse_preset,
+    "pads": _parse_pads,
+    "face": _parse_face,
+}
 
 
 # --- writing a manifest ------------------------------------------------------------------------------------------

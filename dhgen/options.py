@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,11 @@ from dhgen.shards import Shard, shard_path
 
 LOOP_MODES = ("pingpong", "loop")
 PRECISIONS = ("auto", "fp16", "fp32")
+FACE_CHOICES = ("auto", "largest", "center", "left", "right")  # besides N (the Nth from the left) and x,y (a pixel)
+FACE_CHOICE_HINT = (
+    "face is auto (the surest), largest, center, left, right, N (the Nth face from the left, 0 first) or x,y (a pixel "
+    "inside the face, in the first frame with faces)"
+)
 
 
 def default_cache_dir() -> Path:
@@ -33,6 +39,8 @@ class FaceOptions:
     detect_width: int = 480  # frames are downscaled to at most this width before detection
     smooth: float = 0.6  # exponential smoothing of boxes across detections (0 = none, towards 1 = heavy)
     cache_dir: Path = field(default_factory=default_cache_dir)  # where face tracks are cached
+    choice: str = "auto"  # which face is animated where there are several (FACE_CHOICES, N or x,y; see face_choice)
+    min_coverage: float = 0.0  # a job whose face is in a smaller share of its frames fails with NoFaceError (0: off)
 
 
 @dataclass(frozen=True)
@@ -107,11 +115,36 @@ class JobSettings:
     crf: int | None = None  # EncodeOptions.crf
     preset: str | None = None  # EncodeOptions.preset
     pads: tuple[int, int, int, int] | None = None  # ModelOptions.pads
+    face: str | None = None  # FaceOptions.choice
 
     def given(self) -> dict:
         """The settings the row gave, by manifest column name (JSON-ready: pads as a list)."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items() if v is not None}
+
+
+def face_choice(value) -> str:
+    """A face choice in its one spelling (" Left" -> "left", 2 -> "2", "120, 80" or [120, 80] -> "120,80"); ValueError
+    saying what is wrong when `value` is none (FACE_CHOICE_HINT lists them)."""
+    text = _choice_text(value)
+    if text in FACE_CHOICES:
+        return text
+    if re.fullmatch(r"[0-9]+", text):
+        return str(int(text))
+    if re.fullmatch(r"[0-9]+,[0-9]+", text):
+        x, y = text.split(",")
+        return f"{int(x)},{int(y)}"
+    raise ValueError("is not a pixel x,y (two whole numbers from 0)" if "," in text else "is not a face choice")
+
+
+def _choice_text(value) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, list | tuple) and len(value) == 2 and all(type(v) is int for v in value):
+        return f"{value[0]},{value[1]}"
+    if isinstance(value, str):
+        return "".join(value.split()).lower()
+    raise ValueError("is not a face choice")
 
 
 def job_options(options: RenderOptions, job, errors: Iterable[dict] = ()) -> RenderOptions:
@@ -125,6 +158,7 @@ def job_options(options: RenderOptions, job, errors: Iterable[dict] = ()) -> Ren
             avatar=_replace(options.avatar, loop=s.loop, still_fps=s.fps),
             encode=_replace(options.encode, crf=s.crf, preset=s.preset),
             model=_replace(options.model, pads=s.pads),
+            face=_replace(options.face, choice=s.face),
         )
     encode = after_failures(options.encode, errors)
     return options if encode is options.encode else dataclasses.replace(options, encode=encode)
@@ -143,4 +177,5 @@ def effective_settings(options: RenderOptions) -> dict:
         "crf": options.encode.crf,
         "preset": options.encode.preset,
         "pads": list(options.model.pads),
+        "face": options.face.choice,
     }

@@ -21,7 +21,7 @@ from typing import Protocol
 import numpy as np
 
 from dhgen.audio import Audio, frame_count, load_audio
-from dhgen.avatar import AvatarInfo, iter_frames, probe_avatar
+from dhgen.avatar import AvatarInfo, frame_schedule, iter_frames, probe_avatar
 from dhgen.composite import extract_crop, paste
 from dhgen.errors import NoFaceError
 from dhgen.face import FaceTrack, track_faces
@@ -73,6 +73,8 @@ class JobOutcome:
     duration_s: float
     frames_digest: str  # sha256 of the frames as handed to the encoder (dhgen.writer)
     encoder: dict  # what encoded them, and why (dhgen.encoders.ResolvedEncoder.record)
+    face: dict | None = None  # which face was animated (dhgen.face.FaceTrack.record)
+    face_coverage: float | None = None  # the share of frames that got a mouth
 
 
 @dataclass
@@ -94,6 +96,7 @@ class _Job:
         self.n_out = frame_count(self.audio.duration_s, self.info.fps)
         self.track: FaceTrack = track_faces(self.info, min(self.n_out, self.info.n_frames), options.face)
         self.ref_crop = self._reference_crop()
+        self.face_coverage = self._coverage()
         self.counts = {"decoded": 0, "inferred": 0, "encoded": 0}
         self.progress("total", self.n_out)
         self.cond = conditioning(self.family, self.audio, self.info.fps, self.n_out, inference)
@@ -125,6 +128,8 @@ class _Job:
             float(written / info.fps),
             frames_digest=writer.frames_digest,
             encoder=writer.encoder_record,
+            face=self.track.record(self.options.face.choice),
+            face_coverage=round(self.face_coverage, 4),
         )
 
     def _rect(self, avatar_index: int) -> Rect | None:
@@ -139,6 +144,23 @@ class _Job:
         if rect is None:
             raise NoFaceError("the face is too small to animate (under 8 pixels across)", path=self.job.avatar)
         return extract_crop(self.track.reference_frame, rect, self.family.crop_size)
+
+    def _coverage(self) -> float:
+        """The share of output frames that get a mouth; NoFaceError under `--min-face-coverage`, before any
+        frame is encoded."""
+        schedule = frame_schedule(self.info.n_frames, self.n_out, self.options.avatar.loop)
+        faced = np.array([self._rect(i) is not None for i in range(int(schedule.max()) + 1)])
+        covered = int(faced[schedule].sum())
+        share = covered / self.n_out
+        least = self.options.face.min_coverage
+        if share < least:
+            raise NoFaceError(
+                f"the face is in {covered} of {self.n_out} frames ({share:.0%}), under --min-face-coverage {least:g}",
+                path=self.job.avatar,
+                hint="use an avatar whose face stays in view and turned to the camera, choose another face (--face), "
+                "or lower --min-face-coverage",
+            )
+        return share
 
     def _submit(self, chunk: list[tuple[int, np.ndarray]]) -> _Chunk:
         start = self.counts["decoded"]

@@ -51,7 +51,9 @@ class JobRecord:
     finished_at: str | None = None
     input_fingerprint: str | None = None
     frames_digest: str | None = None  # sha256 of the frames as handed to the encoder (dhgen.writer), when succeeded
-    settings: dict | None = None  # loop, fps (of a still avatar), crf, preset, pads: what the job rendered with
+    face: dict | None = None  # {choice, frame, box_at_first_frame, faces_found}: the face animated, when succeeded
+    face_coverage: float | None = None  # the share of output frames that got a mouth, when succeeded
+    settings: dict | None = None  # loop, fps (of a still avatar), crf, preset, pads, face: what it rendered with
     overrides: dict = field(default_factory=dict)  # those of them that the job's manifest row set itself
     meta: dict = field(default_factory=dict)  # the row's own x_ columns (a customer id, say), as given
     model: dict | None = None  # {name, family, source, backend, checkpoint_sha256, device, dtype}: what drew the mouth
@@ -75,13 +77,14 @@ def new_record(job, fingerprint: str | None) -> JobRecord:
 
 def fill_outcome(record: JobRecord, outcome) -> None:
     """Mark `record` succeeded with what the render produced (`pipeline.JobOutcome`): frames, size, the frames'
-    digest and the encoder that ran."""
+    digest, the encoder that ran and the face it animated."""
     record.status = "succeeded"
     record.frames, record.fps = outcome.frames, round(float(outcome.fps), 6)
     record.width, record.height = outcome.width, outcome.height
     record.duration_s = round(outcome.duration_s, 6)
     record.encoder = outcome.encoder
     record.frames_digest = outcome.frames_digest
+    record.face, record.face_coverage = outcome.face, outcome.face_coverage
 
 
 def note_served(record: JobRecord, device: str, dtype: str | None) -> None:

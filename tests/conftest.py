@@ -1,4 +1,5 @@
 import hashlib
+import importlib.util
 import logging
 import os
 import threading
@@ -21,6 +22,14 @@ def fixtures() -> Path:
 def _private_cache(tmp_path_factory, monkeypatch):
     """Each test gets its own face cache, so cache hits are the test's own doing."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+
+
+def fixture_script(name: str):
+    """A fixture-making script of tests/fixtures as a module (for the geometry it drew the fixtures with)."""
+    spec = importlib.util.spec_from_file_location(name, FIXTURES / f"{name}.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
 
 
 def write_clip(target: Path, seconds: float, source: Path = FIXTURES / "speech.wav", start: float = 0.0) -> Path:

@@ -16,7 +16,7 @@ import torch
 from dhgen.checks import check_device, check_model, check_options, folder_problem
 from dhgen.errors import UsageError
 from dhgen.gpus import Gpus
-from dhgen.options import AvatarOptions, EncodeOptions, ModelOptions, RenderOptions, RunOptions
+from dhgen.options import AvatarOptions, EncodeOptions, FaceOptions, ModelOptions, RenderOptions, RunOptions
 
 
 def check_checkpoint(path: Path) -> None:
@@ -132,6 +132,9 @@ def test_without_an_nvidia_driver_cuda_is_refused_saying_so(monkeypatch, fake_gp
         ({"encode": EncodeOptions(crf=60)}, "--crf 60 is not in 0..51"),
         ({"avatar": AvatarOptions(loop="bounce")}, "--loop 'bounce' is not a loop mode"),
         ({"avatar": AvatarOptions(still_fps=0)}, "--fps 0 must be above 0"),
+        ({"face": FaceOptions(choice="middle")}, "--face 'middle' is not a face choice"),
+        ({"face": FaceOptions(choice="12,x")}, "--face '12,x' is not a pixel x,y"),
+        ({"face": FaceOptions(min_coverage=1.5)}, "--min-face-coverage 1.5 is not a share of the frames"),
     ],
 )
 def test_options_that_cannot_work_are_named(change, words):

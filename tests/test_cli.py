@@ -158,6 +158,8 @@ def one_job(tmp_path):
         (["--preset", "quick"], None, "--preset 'quick' is not a preset of libx264"),
         (["--checkpoint", FIXTURES / "silence.wav"], None, "--model mouthwarp takes no checkpoint"),
         (["--model", "wav2lip", "--checkpoint", "nope.pth"], None, "checkpoint nope.pth does not exist"),
+        (["--face", "middle"], None, "--face 'middle' is not a face choice"),
+        (["--min-face-coverage", "1.5"], None, "--min-face-coverage': Input should be less than or equal to 1"),
     ],
 )
 def test_options_that_cannot_work_are_refused_before_anything_starts(tmp_path, one_job, extra, env, words, fake_gpus):

@@ -1,27 +1,25 @@
-"""Face tracking: the astronaut is found and followed, no face is a typed error, tracks are cached per avatar."""
+"""Face tracking: the astronaut is found and followed, no face is a typed error, tracks are cached per avatar; with
+several faces the chosen one is followed (never swapped for the other), turned heads are held by the profile cascade
+as long as it finds them and dropped where no face is."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+import dataclasses
 
 import cv2
 import numpy as np
 import pytest
+from conftest import FIXTURES, fixture_script
 
 from dhgen.avatar import iter_first_frames, probe_avatar
 from dhgen.errors import NoFaceError
-from dhgen.face import detect_track, interpolate_boxes, mouth_openness, track_faces
+from dhgen.face import cascade_faces, detect_track, interpolate_boxes, mouth_openness, track_faces
 from dhgen.options import FaceOptions
-
-FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def expected_face_centres(n: int, size: int = 256) -> np.ndarray:
     """Where the portrait's face centre lands in each avatar.mp4 frame, from the fixture script's camera motion."""
-    spec = importlib.util.spec_from_file_location("make_video_fixtures", FIXTURES / "make_video_fixtures.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = fixture_script("make_video_fixtures")
     portrait = cv2.imread(str(FIXTURES / "portrait.png"))
     cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
     faces = cascade.detectMultiScale(cv2.cvtColor(portrait, cv2.COLOR_BGR2GRAY), 1.1, 5)
@@ -207,3 +205,129 @@ def test_smoothing_removes_jitter_but_keeps_a_steady_motion():
     boxes = interpolate_boxes(found, 96, stride=5, smooth=0.6)
     assert np.allclose(centres(boxes)[:, 0], np.arange(96) + 40, atol=0.5)  # the moving centre follows
     assert np.ptp(boxes[:, 2]) < 0.5 * np.ptp(sizes)  # the size jitter is damped
+
+
+def test_frames_a_miss_separates_from_their_detection_are_nan():
+    """Beyond a bridged gap, a detection's box reaches only up to a frame examined without the face."""
+    found = {i: (10.0, 10.0, 20.0, 20.0) for i in range(0, 8)} | {i: (10.0, 10.0, 20.0, 20.0) for i in range(30, 40)}
+    boxes = interpolate_boxes(found, 40, stride=5, smooth=0.0, missed={8, 10, 15, 20, 25, 29})
+    assert np.isnan(boxes[:, 0]).tolist() == [8 <= i <= 29 for i in range(40)]
+    without = interpolate_boxes(found, 40, stride=5, smooth=0.0)  # no frame known to lack the face
+    assert not np.isnan(without[8:13]).any() and not np.isnan(without[25:30]).any()
+    bridged = interpolate_boxes({0: found[0], 9: found[0]}, 10, stride=5, smooth=0.0, missed={4, 5})
+    assert not np.isnan(bridged).any()  # a miss inside a gap of at most two strides is bridged
+
+
+# --- which face --------------------------------------------------------------------------------------------------
+
+TWO_FACES = FIXTURES / "two_faces.jpg"  # the portrait (left, larger) and its mirror image (right, surer)
+
+
+def chosen_box(choice: str, options: FaceOptions) -> np.ndarray:
+    track = track_faces(probe_avatar(TWO_FACES), 1, dataclasses.replace(options, choice=choice))
+    return track.boxes[0]
+
+
+@pytest.mark.parametrize(
+    ("choice", "side"),
+    [("auto", "right"), ("largest", "left"), ("center", "left"), ("left", "left"), ("right", "right")]
+    + [("0", "left"), ("1", "right"), ("400,100", "right"), ("140,90", "left")],
+)
+def test_each_choice_names_its_face(choice, side, options):
+    x, y, w, h = chosen_box(choice, options)
+    assert (x + w / 2 < 256) == (side == "left"), (choice, x)
+    assert w > 70 if side == "left" else 55 < w < 70  # the left face is the larger one
+
+
+def test_record_says_which_face_among_those_found(options):
+    track = track_faces(probe_avatar(TWO_FACES), 1, dataclasses.replace(options, choice="right"))
+    record = track.record("right")
+    assert record["choice"] == "right" and record["frame"] == 0
+    left, right = record["faces_found"]
+    assert left[0] < 200 < 300 < right[0]  # left to right
+    assert record["box_at_first_frame"] == right
+    assert all(isinstance(v, int) for v in right)
+
+
+@pytest.mark.parametrize("choice", ["2", "10,10"])
+def test_a_choice_that_names_no_face_is_a_no_face_error_saying_what_was_found(choice, options):
+    with pytest.raises(NoFaceError) as err:
+        chosen_box(choice, options)
+    message = err.value.message
+    assert "two_faces.jpg" in message and repr(choice) in message
+    assert "2 face(s) found in avatar frame 0" in message
+    assert "(106, 52, 79, 79)" in message and "(368, 73, 62, 62)" in message  # where they are, x y w h
+    assert "x,y" in err.value.hint and "left" in err.value.hint
+
+
+def test_the_chosen_face_is_kept_by_position_when_the_faces_pass_each_other(options):
+    """two_faces_moving.mp4: the portrait (top row) moves right, its mirror image (bottom row) left; half-way they
+    pass. `left` names the portrait at the start and must stay on it (the right-hand face at the end)."""
+    script = fixture_script("make_face_fixtures")
+    info = probe_avatar(FIXTURES / "two_faces_moving.mp4")
+    for choice, tile in (("left", 0), ("right", 1), ("auto", 1)):
+        track = track_faces(info, info.n_frames, dataclasses.replace(options, choice=choice))
+        assert not np.isnan(track.boxes).any()
+        for t, (cx, cy) in enumerate(centres(track.boxes)):
+            x, y = script.tile_positions(t)[tile]
+            assert x < cx < x + script.TILE and y < cy < y + script.TILE, (choice, t)
+    first, last = (script.tile_positions(t)[0][0] for t in (0, info.n_frames - 1))
+    assert first < 100 < 250 < last  # the portrait really ends on the other side
+
+
+def test_cache_is_keyed_by_the_choice(options):
+    left, right = (dataclasses.replace(options, choice=c) for c in ("left", "right"))
+    info = probe_avatar(TWO_FACES)
+    first = track_faces(info, 1, left)
+    other = track_faces(info, 1, right)
+    assert not other.from_cache and other.boxes[0, 0] > first.boxes[0, 0]
+    again = track_faces(info, 1, left)
+    assert again.from_cache and np.array_equal(again.boxes, first.boxes)
+    assert again.record("left") == first.record("left")  # the faces found come back from the cache too
+
+
+def test_a_chosen_face_that_goes_away_is_not_replaced_by_the_other_one(options):
+    """The left face of two_faces.jpg leaves the picture for 30 frames and comes back; the right one stays. The
+    track of `left` has no box while it is gone (none pasted onto the other face), and takes it up again."""
+    both = cv2.imread(str(TWO_FACES))
+    right_only = both.copy()
+    right_only[:, :288] = both[0, 0]  # the background colour
+    frames = [(i, right_only if 10 <= i < 40 else both) for i in range(0, 50, 5)] + [(49, both)]
+    track = detect_track(frames, 50, dataclasses.replace(options, choice="left", smooth=0))
+    has_face = ~np.isnan(track.boxes[:, 0])
+    assert has_face.tolist() == [not 10 <= i <= 35 for i in range(50)]  # up to a stride from where it was seen
+    assert (centres(track.boxes[has_face])[:, 0] < 256).all()  # always the left face
+
+
+def test_a_lone_face_that_comes_back_elsewhere_is_taken_up_again(options):
+    """One person, who leaves and comes back on the other side of the picture (a cut): with no other face to
+    confuse it with, the track follows."""
+    portrait = cv2.imread(str(FIXTURES / "portrait.png"))
+    left = np.full((288, 576, 3), portrait[0, 0], np.uint8)
+    left[:, :288] = portrait
+    right, empty = left[:, ::-1].copy(), np.full_like(left, portrait[0, 0])
+    frames = [(i, left if i < 10 else empty if i < 40 else right) for i in range(0, 50, 5)] + [(49, right)]
+    track = detect_track(frames, 50, dataclasses.replace(options, smooth=0))
+    assert track.record("auto")["faces_found"] == [track.record("auto")["box_at_first_frame"]]
+    assert (~np.isnan(track.boxes[:, 0])).tolist() == [not 10 <= i <= 35 for i in range(50)]
+    assert centres(track.boxes[:10])[:, 0].max() < 288 < centres(track.boxes[36:])[:, 0].min()
+
+
+# --- turned heads ------------------------------------------------------------------------------------------------
+
+
+def test_a_turning_head_is_held_by_the_profile_cascade_and_dropped_where_no_face_is(options):
+    """turning.mp4: in frames 15, 17, 18 and 39 the head is turned so far that the frontal cascade misses it (the
+    profile one does not); frames 19-38 show no face at all."""
+    script = fixture_script("make_face_fixtures")
+    info = probe_avatar(FIXTURES / "turning.mp4")
+    frames = dict(iter_first_frames(info, info.n_frames))
+    frontal = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+    assert all(len(cascade_faces(frontal, cv2.cvtColor(frames[i], cv2.COLOR_BGR2GRAY))) == 0 for i in (15, 17, 18, 39))
+    track = track_faces(info, info.n_frames, options)
+    has_face = ~np.isnan(track.boxes[:, 0])
+    assert has_face.tolist() == [not 19 <= i <= 38 for i in range(50)]
+    assert [script.ANGLES[i] for i in range(50) if not has_face[i]] == [-84] * 20
+    x, y, w, h = track.boxes[15]  # a profile box where the face is
+    assert 100 < x + w / 2 < 180 and 60 < y + h / 2 < 120
+    assert script.ANGLES[track.reference_index] == 0  # the closed-mouth reference is a frontal view

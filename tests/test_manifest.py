@@ -197,6 +197,16 @@ def test_per_job_settings_and_x_columns_are_read_from_csv_and_jsonl(tmp_path):
     assert b.settings == JobSettings(preset="slow", loop="pingpong")
 
 
+def test_face_column_takes_each_choice_in_one_spelling(tmp_path):
+    csv_text = 'id,audio,avatar,face\na,a.wav,v.mp4,Left\nb,a.wav,v.mp4,"120, 80"\nc,a.wav,v.mp4,01\nd,a.wav,v.mp4,\n'
+    jobs = read_manifest(write(tmp_path / "m.csv", csv_text), tmp_path / "out")
+    assert [j.settings.face for j in jobs] == ["left", "120,80", "1", None]  # empty: the command line's --face
+    rows = [{"audio": "a.wav", "avatar": "v.mp4", "face": face} for face in (2, [120, 80], "center")]
+    jobs = read_manifest(jsonl(tmp_path / "m.jsonl", *rows), tmp_path / "out")
+    assert [j.settings.face for j in jobs] == ["2", "120,80", "center"]
+    assert jobs[1].settings.given() == {"face": "120,80"}
+
+
 BAD_SETTINGS = [  # (column, value, what the message says, what the hint says)
     ("crf", "60", "crf '60' is not in 0..51", "0..51"),
     ("crf", "20.5", "crf '20.5' is not a whole number", "0..51"),
@@ -207,6 +217,8 @@ BAD_SETTINGS = [  # (column, value, what the message says, what the hint says)
     ("preset", "turbo", "preset 'turbo' is not a libx264 preset", "veryfast"),
     ("pads", "0 10 0", "pads '0 10 0' is not four whole numbers (top bottom left right)", "like '0 10 0 0'"),
     ("pads", "0 10 0 x", "pads '0 10 0 x' is not a whole number", "top bottom left right"),
+    ("face", "middle", "face 'middle' is not a face choice", "the Nth face from the left"),
+    ("face", '"10,-4"', "face '10,-4' is not a pixel x,y (two whole numbers from 0)", 'quote a pixel: "120,80"'),
 ]
 
 
@@ -225,6 +237,8 @@ def test_bad_setting_values_in_jsonl(tmp_path):
         ({"crf": True}, "crf True is not a whole number"),
         ({"pads": [0, 10]}, "pads [0, 10] is not four whole numbers"),
         ({"loop": 1}, "loop 1 is not pingpong or loop"),
+        ({"face": [1, 2, 3]}, "face [1, 2, 3] is not a face choice"),
+        ({"face": -1}, "face -1 is not a face choice"),
     ):
         manifest = jsonl(tmp_path / "m.jsonl", {"audio": "a.wav", "avatar": "v.mp4", **row})
         with pytest.raises(ManifestError, match=re.escape(f"m.jsonl:1: {message}")):
@@ -238,9 +252,9 @@ def same_files(job: Job) -> Job:
 
 def test_written_manifest_reads_back_as_the_same_jobs_from_another_folder(tmp_path):
     text = (
-        "id,audio,avatar,output,crf,pads,x_customer\n"
-        'one,in/a.wav,/abs/face.mp4,sub/one-out.mp4,30,"0 5 0 5",acme\n'
-        "two,in/b b.wav,in/v.mp4,,,,\n"
+        "id,audio,avatar,output,crf,pads,face,x_customer\n"
+        'one,in/a.wav,/abs/face.mp4,sub/one-out.mp4,30,"0 5 0 5","120,80",acme\n'
+        "two,in/b b.wav,in/v.mp4,,,,left,\n"
     )
     out = tmp_path / "out"
     jobs = read_manifest(write(tmp_path / "batch" / "jobs.csv", text), out)

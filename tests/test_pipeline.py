@@ -18,7 +18,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from conftest import FIXTURES
+from conftest import FIXTURES, fixture_script
 
 import dhgen.face
 from dhgen import pipeline
@@ -352,6 +352,70 @@ def test_pixels_outside_the_mask_are_the_avatars_exactly(tmp_path):
         assert 0 < mask.mean() < 0.2  # the mask is the mouth area, not the frame
         changed_inside += (frame[mask] != avatar[i][mask]).any()
     assert changed_inside >= 30  # and inside it, the mouth was repainted
+
+
+def composited(job: Job, options: RenderOptions) -> tuple[pipeline._Job, list[np.ndarray]]:
+    """The pipeline's frames for `job` as it hands them to the encoder (crop -> model -> paste, no encoding)."""
+    state = pipeline._Job(job, options, pipeline.LocalInference(load_model(options.model)), None)
+    out = _Frames()
+    frames = iter_frames(state.info, state.n_out, options.avatar.loop)
+    while chunk := list(islice(frames, pipeline.CHUNK_FRAMES)):
+        state._finish(state._submit(chunk), out)
+    return state, out
+
+
+@pytest.mark.parametrize(
+    ("choice", "side"),
+    [("auto", "right"), ("left", "left"), ("right", "right"), ("largest", "left"), ("1", "right"), ("140,90", "left")],
+)
+def test_each_face_choice_animates_that_face_and_leaves_the_other_exactly_as_it_was(tmp_path, choice, side):
+    """two_faces.jpg: the portrait (columns 0-287) and its mirror image (288-511). Where the frames differ from the
+    still, the mouth moved: that region must be the chosen face's mouth, and the other face's half untouched."""
+    audio = tmp_path / "a.wav"
+    write_clip(FIXTURES / "speech.wav", audio, 1.2)
+    face = FaceOptions(cache_dir=tmp_path / "cache", choice=choice)
+    options = RenderOptions(face=face, model=ModelOptions(device="cpu"))
+    state, frames = composited(Job("x", audio, FIXTURES / "two_faces.jpg", tmp_path / "x.mp4"), options)
+    still = decode_frames(FIXTURES / "two_faces.jpg")[0]
+    moved = np.any([np.any(frame != still, axis=2) for frame in frames], axis=0)
+    ys, xs = np.nonzero(moved)
+    chosen, other = (slice(0, 288), slice(288, 512)) if side == "left" else (slice(288, 512), slice(0, 288))
+    assert moved[:, chosen].sum() > 200 and not moved[:, other].any()
+    x, y, w, h = state.track.boxes[0]
+    assert x < xs.mean() < x + w and y + h / 2 < ys.mean() < y + 1.2 * h  # around the chosen face's mouth
+    assert state.face_coverage == 1.0
+
+
+def test_the_mouth_stays_on_the_chosen_face_while_the_two_faces_pass_each_other(tmp_path):
+    """two_faces_moving.mp4: the portrait moves from the left edge to the right one in the top row, its mirror image
+    the other way in the bottom row. With `left`, every frame's changed pixels are inside the portrait's tile."""
+    script = fixture_script("make_face_fixtures")
+    audio = tmp_path / "a.wav"
+    write_clip(FIXTURES / "speech.wav", audio, 2.0)  # 50 frames: the avatar once
+    options = RenderOptions(face=FaceOptions(cache_dir=tmp_path / "cache", choice="left"), model=ModelOptions())
+    _, frames = composited(Job("x", audio, FIXTURES / "two_faces_moving.mp4", tmp_path / "x.mp4"), options)
+    avatar = decode_frames(FIXTURES / "two_faces_moving.mp4")
+    for t, (frame, source) in enumerate(zip(frames, avatar, strict=True)):
+        (x, y), _ = script.tile_positions(t)
+        outside = np.ones(frame.shape[:2], bool)
+        outside[y : y + script.TILE, x : x + script.TILE] = False
+        assert np.array_equal(frame[outside], source[outside]), f"frame {t}: pixels changed outside the chosen face"
+    assert sum(np.any(frame != source) for frame, source in zip(frames, avatar, strict=True)) >= 40
+
+
+def test_a_turned_head_gets_a_mouth_only_while_a_face_is_found(tmp_path):
+    """turning.mp4: no face in frames 19-38 (turned away); frames 15, 17 and 18 are found by the profile cascade
+    alone."""
+    audio = tmp_path / "a.wav"
+    write_clip(FIXTURES / "speech.wav", audio, 2.0)  # 50 frames: the avatar once, no ping-pong
+    options = RenderOptions(face=FaceOptions(cache_dir=tmp_path / "cache"), model=ModelOptions(device="cpu"))
+    state, frames = composited(Job("x", audio, FIXTURES / "turning.mp4", tmp_path / "x.mp4"), options)
+    avatar = decode_frames(FIXTURES / "turning.mp4")
+    changed = [bool(np.any(frame != source)) for frame, source in zip(frames, avatar, strict=True)]
+    assert not any(changed[19:39])  # passed through exactly: no mouth where no face is
+    faced = changed[:19] + changed[39:]
+    assert sum(faced) >= 0.8 * len(faced) and all(changed[i] for i in (15, 17, 18))  # turned heads too
+    assert state.face_coverage == pytest.approx(30 / 50)
 
 
 # --- face cache ----------------------------------------------------------------------------------------------------

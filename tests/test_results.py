@@ -5,9 +5,12 @@ import json
 
 from dhgen.results import JobRecord, ResultLog, last_records, utc_now
 
-# Every field DESIGN.md promises in a result record, and the per-job settings of issue 9 (README's field list).
+# Every field DESIGN.md promises in a result record, the per-job settings of issue 9 and the face of issue 18
+# (README's field list).
 DESIGN_FIELDS = {
     "model",
+    "face",
+    "face_coverage",
     "settings",
     "overrides",
     "meta",

@@ -78,6 +78,8 @@ def test_records_carry_every_field_and_events_frame_the_run(tmp_path, options):
         "device": "cpu",
         "dtype": "float32",
     }
+    assert line["face"]["choice"] == "auto" and line["face"]["frame"] == 0 and line["face_coverage"] == 1.0
+    assert line["face"]["faces_found"] == [line["face"]["box_at_first_frame"]]  # the astronaut, alone
     assert [e["event"] for e in events] == ["run_started", "job_started", "job_finished", "run_finished"]
     assert events[-1]["succeeded"] == 1 and events[-1]["failed"] == 0
     assert events[2]["record"] == line
@@ -325,7 +327,8 @@ def test_per_job_settings_reach_the_outputs_under_the_supervisor(tmp_path):
     (tmp_path / "in" / "p.png").symlink_to(FIXTURES / "portrait.png")
     manifest = tmp_path / "in" / "jobs.csv"
     manifest.write_text(
-        "id,audio,avatar,fps,crf,preset,x_customer\nthirty,a.wav,p.png,30,51,ultrafast,acme\nplain,a.wav,p.png,,10,,\n"
+        "id,audio,avatar,fps,crf,preset,face,x_customer\n"
+        "thirty,a.wav,p.png,30,51,ultrafast,0,acme\nplain,a.wav,p.png,,10,,,\n"
     )
     out = tmp_path / "out"
     run = RunOptions(out_dir=out, jobs=2)
@@ -342,8 +345,11 @@ def test_per_job_settings_reach_the_outputs_under_the_supervisor(tmp_path):
         "crf": 51,
         "preset": "ultrafast",
         "pads": [0, 10, 0, 0],
+        "face": "0",
     }
-    assert thirty["overrides"] == {"fps": 30.0, "crf": 51, "preset": "ultrafast"}
+    assert thirty["overrides"] == {"fps": 30.0, "crf": 51, "preset": "ultrafast", "face": "0"}
+    assert thirty["face"]["choice"] == "0" and thirty["face_coverage"] == 1.0  # through the job process's pipe
+    assert plain["face"]["choice"] == plain["settings"]["face"] == "auto"
     assert thirty["encoder"]["name"] == "libx264" and thirty["encoder"]["preset"] == "ultrafast"
     assert thirty["encoder"]["crf"] == 51
     assert thirty["meta"] == {"x_customer": "acme"} and thirty["fps"] == 30.0
@@ -368,6 +374,50 @@ def test_resume_renders_again_a_job_whose_own_settings_changed(tmp_path, options
     summary = run_jobs(read_manifest(manifest, out), options, out, resume=True)
     assert {r.status for r in summary.records} == {"skipped"}  # x_ columns are the user's, not render settings
     assert log_lines(out)[-2]["meta"] == {"x_note": "changed"}
+
+
+def test_each_job_animates_the_face_its_row_chooses_and_resume_follows_the_choice(tmp_path, options):
+    write_clip(tmp_path / "in" / "a.wav", 0.4)
+    (tmp_path / "in" / "two.jpg").symlink_to(FIXTURES / "two_faces.jpg")
+    manifest = tmp_path / "in" / "jobs.csv"
+    out = tmp_path / "out"
+
+    def run(face_of_b: str) -> dict:
+        manifest.write_text(f'id,audio,avatar,face\na,a.wav,two.jpg,left\nb,a.wav,two.jpg,"{face_of_b}"\n')
+        summary = run_jobs(read_manifest(manifest, out), options, out, resume=True)
+        assert summary.exit_code == 0, [r.error for r in summary.records]
+        return {r.job_id: r for r in summary.records}
+
+    first = run("400,100")
+    left, right = first["a"].face["faces_found"]
+    assert first["a"].face["box_at_first_frame"] == left and first["b"].face["box_at_first_frame"] == right
+    assert first["b"].face["choice"] == "400,100" and first["b"].face_coverage == 1.0
+    assert first["a"].input_fingerprint != first["b"].input_fingerprint  # the same inputs, another face
+    assert {k: r.status for k, r in run("400,100").items()} == {"a": "skipped", "b": "skipped"}
+    again = run("left")
+    assert {k: r.status for k, r in again.items()} == {"a": "skipped", "b": "succeeded"}  # b's choice changed
+    assert again["a"].face == first["a"].face  # a skipped record still says which face
+
+
+def test_a_job_under_min_face_coverage_fails_with_no_face_error_and_the_others_finish(tmp_path, options):
+    """turning.mp4 shows a face in 30 of its 50 frames; the portrait in all of them."""
+    audio = write_clip(tmp_path / "in" / "a.wav", 2.0)
+    out = tmp_path / "out"
+    jobs = [
+        Job("turning", audio, FIXTURES / "turning.mp4", out / "turning.mp4"),
+        Job("portrait", audio, FIXTURES / "portrait.png", out / "portrait.mp4"),
+    ]
+    strict = dataclasses.replace(options, face=dataclasses.replace(options.face, min_coverage=0.9))
+    summary = run_jobs(jobs, strict, out)
+    records = {r.job_id: r for r in summary.records}
+    assert summary.exit_code == 1 and records["portrait"].status == "succeeded"
+    error = records["turning"].error
+    assert error["type"] == "NoFaceError" and not error["retryable"] and records["turning"].attempts == 1
+    assert "30 of 50 frames (60%)" in error["message"] and "--min-face-coverage 0.9" in error["message"]
+    assert "turning.mp4" in error["message"] and "--min-face-coverage" in error["hint"]
+    assert not (out / "turning.mp4").exists()  # failed before anything was encoded
+    lenient = run_jobs(jobs[:1], options, out)
+    assert lenient.exit_code == 0 and lenient.records[0].face_coverage == 0.6
 
 
 def test_job_options_put_a_jobs_own_settings_over_the_run(options):
