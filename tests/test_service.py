@@ -214,13 +214,14 @@ def server(tmp_path_factory, media):
 
 def test_submit_poll_download(server, media):
     events = EventStream(server)
-    job = server.submit(id="first", audio="in/two.wav", avatar="avatar.mp4", crf=23, x_customer="acme")
-    assert job["status"] in ("queued", "running") and job["settings"] == {"crf": 23}
+    job = server.submit(id="first", audio="in/two.wav", avatar="avatar.mp4", crf=23, face="left", x_customer="acme")
+    assert job["status"] in ("queued", "running") and job["settings"] == {"crf": 23, "face": "left"}
     done = server.wait_finished("first")
     assert done["status"] == "succeeded" and done["progress"] == 100, done
     record = done["record"]
     assert record["status"] == "succeeded" and record["meta"] == {"x_customer": "acme"}
     assert record["settings"]["crf"] == 23 and record["encoder"]["crf"] == 23 and record["input_fingerprint"]
+    assert record["face"]["choice"] == "left" and record["model"]["name"] == "mouthwarp"
     status, data = server.call("GET", "/v1/jobs/first/output")
     assert status == 200
     out = server.state.parent / "first.mp4"
@@ -304,6 +305,7 @@ def test_bad_media_fails_its_job_with_its_type(server, media):
         ({"audio": "one.wav"}, 422, "Invalid"),
         ({"id": "../x", "audio": "one.wav", "avatar": "avatar.mp4"}, 422, "Invalid"),
         ({"audio": "one.wav", "avatar": "avatar.mp4", "crf": 99}, 422, "Invalid"),
+        ({"audio": "one.wav", "avatar": "avatar.mp4", "face": "middle"}, 422, "Invalid"),
         ({"audio": "one.wav", "avatar": "avatar.mp4", "colour": "red"}, 422, "Invalid"),
         ({"audio": "one.wav", "avatar": "avatar.mp4", "output": "../x.mp4"}, 422, "Invalid"),
     ],
@@ -406,7 +408,7 @@ def test_tokens_probes_metrics_and_schema(server, media):
     assert status == 200 and b'dhgen_jobs{out_dir="' in text and b"dhgen_frames_rendered_total" in text
     status, schema = server.call("GET", "/openapi.json")
     request = schema["components"]["schemas"]["JobRequest"]
-    assert {"audio", "avatar", "id", "crf", "fps", "loop", "preset", "pads"} <= set(request["properties"])
+    assert {"audio", "avatar", "id", "crf", "fps", "loop", "preset", "pads", "face"} <= set(request["properties"])
     assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/output", "/v1/events", "/easy/submit"} <= set(
         schema["paths"]
     )

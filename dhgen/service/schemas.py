@@ -24,6 +24,10 @@ SETTING_SCHEMAS = {
         "anyOf": [{"type": "array", "items": {"type": "integer"}}, {"type": "string"}],
         "description": "wav2lip face padding, top bottom left right: [0, 10, 0, 0] or '0 10 0 0'",
     },
+    "face": {
+        "type": "string",
+        "description": "which face speaks: auto, largest, center, left, right, N (the Nth from the left) or x,y",
+    },
 }
 OTHER_SETTING = {"description": "a per-job setting, as the manifest column of this name"}
 
