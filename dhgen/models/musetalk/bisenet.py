@@ -22,7 +22,7 @@ from torch import nn
 
 from dhgen.errors import ModelLoadError
 from dhgen.models.musetalk.layout import PARSER_STEP
-from dhgen.models.musetalk.networks import brief
+from dhgen.models.musetalk.networks import brief, load_weights
 
 N_CLASSES = 19
 TRAINING_ONLY = ("conv_out16.", "conv_out32.")  # auxiliary heads in 79999_iter.pth
@@ -163,13 +163,13 @@ def load_parser(weights: Path, backbone: Path, device: str) -> BiSeNet:
     parses in fp32 whatever the rest runs in)."""
     net = BiSeNet()
     state = {k: v for k, v in _read(backbone).items() if not k.startswith("fc.")}
-    _load(net.cp.resnet, state, backbone, "a ResNet-18 state dict")
+    load_weights(net.cp.resnet, state, backbone, "a ResNet-18", PARSER_STEP)
     state = {k: v for k, v in _read(weights).items() if not k.startswith(TRAINING_ONLY)}
-    _load(net, state, weights, "a face-parsing BiSeNet state dict (79999_iter.pth)")
+    load_weights(net, state, weights, "a face-parsing BiSeNet (79999_iter.pth)", PARSER_STEP)
     return net.to(device).eval()
 
 
-def _read(path: Path) -> dict:
+def _read(path: Path):
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - unreadable for whatever reason: the file is named
@@ -180,10 +180,3 @@ def _read(path: Path) -> dict:
             f"holds a {type(state).__name__}, not a state dict", path=path, hint=f"get it with {PARSER_STEP}"
         )
     return state
-
-
-def _load(module: nn.Module, state: dict, path: Path, what: str) -> None:
-    try:
-        module.load_state_dict(state)
-    except RuntimeError as exc:
-        raise ModelLoadError(f"not {what}: {brief(exc)}", path=path, hint=f"get it with {PARSER_STEP}") from exc

@@ -1,8 +1,8 @@
 """Where a generated MuseTalk face is pasted: the alpha over its 256 x 256 crop (numpy + OpenCV, no torch).
 
 MuseTalk pastes through a face-parsing mask ("jaw" mode of its `blending.get_image`): BiSeNet labels a square
-around the face box 1.5 times its size, resized to 512 x 512; the skin is dilated downwards with a cone and, on
-the cheeks, eroded by a flat ellipse; the nose is left out and the mouth and lips put in; then, back at the
+around the face box 1.5 times its size, resized to 512 x 512; the skin is dilated with a cone and, on the
+cheeks, eroded by a flat ellipse; the nose is left out and the mouth and lips put in; then, back at the
 square's size, only the face box's part is kept, only its lower half (below the square's centre row, which is
 the face box's), and the edge is softened by a Gaussian blur 5 % of the square's side across.
 
@@ -10,8 +10,8 @@ dhgen computes the same, per crop, in crop coordinates: the parser sees the crop
 MuseTalk's proportions (the face box's surroundings are not sent to the inference worker, so they are black
 rather than the frame's; only labels inside the box are used either way), and the blur is MuseTalk's kernel
 measured on that square. Without the face-parsing weights the alpha is `lower_face_mask`: a soft ellipse over
-the mouth and jaw from the crop's own geometry, cut and blurred the same way. Either alpha is 0 on the crop's
-upper half, and a paste never reaches past the crop.
+the mouth and jaw from the crop's own geometry, cut and blurred the same way. Either alpha is 0 above the
+crop's middle row (but for the blurred edge, `BLUR_REACH` rows), and a paste never reaches past the crop.
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ def parser_canvas(crop: np.ndarray) -> np.ndarray:
 
 
 def cone_kernel() -> np.ndarray:
-    """The structuring element that grows skin downwards (over the jaw line) and not upwards."""
+    """MuseTalk's structuring element for the skin: a cone widening downwards, then a straight tail; anchored
+    at its centre, it grows the skin 16 rows up (and 6 down) in a cone's shape."""
     size = CONE_HEIGHT + CONE_TAIL
     kernel = np.zeros((size, size), np.uint8)
     centre = size // 2
@@ -96,11 +97,16 @@ def lower_face_mask(size: int) -> np.ndarray:
     return soften(mask)
 
 
+def blur_kernel(size: int) -> int:
+    """MuseTalk's blur kernel (odd, 5 % of the square's side) for a crop of side `size`."""
+    return int(BLUR_FRACTION * CONTEXT * size // 2 * 2) + 1
+
+
 def soften(mask: np.ndarray) -> np.ndarray:
     """MuseTalk's last steps in crop coordinates: clear the upper half, blur with its kernel (zeros beyond the
     crop, as beyond the face box in its square)."""
     size = len(mask)
     mask = mask.copy()
     mask[: int(size * UPPER_BOUNDARY)] = 0
-    kernel = int(BLUR_FRACTION * CONTEXT * size // 2 * 2) + 1
+    kernel = blur_kernel(size)
     return cv2.GaussianBlur(mask, (kernel, kernel), 0, borderType=cv2.BORDER_CONSTANT)

@@ -65,10 +65,35 @@ def load_unet(diffusers, layout: Layout) -> torch.nn.Module:
         unet = diffusers.UNet2DConditionModel.from_config(json.loads(layout.unet_config.read_text(encoding="utf-8")))
     with _loading(layout.unet_weights, UNET_STEP):
         state = torch.load(layout.unet_weights, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict):
-            raise TypeError(f"it holds a {type(state).__name__}, not a state dict")
-        unet.load_state_dict(state)
+    load_weights(unet, state, layout.unet_weights, "MuseTalk 1.5's UNet (for its musetalk.json)", UNET_STEP)
     return unet
+
+
+def load_weights(module: torch.nn.Module, state, path: Path, what: str, step: str) -> None:
+    """`state` into `module`, or a `ModelLoadError` naming `path` and what does not fit."""
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        raise ModelLoadError(f"holds a {type(state).__name__}, not a state dict", path=path, hint=f"get it with {step}")
+    problems = mismatches(state, module.state_dict())
+    if problems:
+        raise ModelLoadError(f"not the weights of {what}: {'; '.join(problems)}", path=path, hint=f"get it with {step}")
+    module.load_state_dict(state)
+
+
+def mismatches(state: dict, expected: dict, shown: int = 5) -> list[str]:
+    """Missing keys, unexpected keys and shape mismatches, a few of each named (empty when all fit)."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [
+        f"{k} {tuple(getattr(state[k], 'shape', ()))} instead of {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(getattr(state[k], "shape", ())) != tuple(v.shape)
+    ]
+    problems = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", wrong)):
+        if keys:
+            more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+            problems.append(f"{len(keys)} keys {label}: {', '.join(keys[:shown])}{more}")
+    return problems
 
 
 def _libraries():

@@ -7,6 +7,11 @@ sample, which makes its frames random; these are reproducible). The UNet gets [m
 timestep 0, and the frame's whisper window plus MuseTalk's sinusoidal positional encoding; its output is scaled
 back, decoded, mapped from [-1, 1] to 0..255 (clamped, rounded) and returned as BGR.
 
+Every network runs on slices of exactly `micro_batch` rows, the last one padded: a row's result then does not
+depend on how many crops a worker merged into its batch, or which (convolution kernels differ with the batch
+size by a last bit, enough to flip a pixel), so a job's frames and digest are the same under every executor
+and concurrency. After an out-of-memory error the slice halves (and later frames may differ in that last bit).
+
 Preparation is cached: a crop's latents and paste alpha depend on the crop alone, so they are kept, keyed by a
 hash of the crop's pixels (`PreparedCrops`, least recently used first out, bounded in bytes). Every job on one
 avatar cuts the same crops from the same frames, so the avatar is encoded once per worker, whatever the number
@@ -38,6 +43,7 @@ log = logging.getLogger(__name__)
 
 CACHE_BYTES = 512 * 2**20  # prepared crops kept per worker: ~5,000 crops with parsing alphas (96 KiB each)
 SAMPLE_RATE = 16_000  # what dhgen's audio is decoded at; whisper's feature extractor must agree
+MICRO_BATCH = {"cpu": 4, "cuda": 16}  # every network runs on exactly this many rows at a time (see `_rows`)
 
 
 @dataclass
@@ -108,6 +114,7 @@ class MuseTalkPredictor:
         self.positions = positional_encoding(tokens, config.d_model).to(self._device, dtype)
         self.timestep = torch.tensor([0], device=self._device)
         self.cache = PreparedCrops()
+        self.micro_batch = MICRO_BATCH.get(self._device.type, MICRO_BATCH["cpu"])
         self.fallback_alpha = None if parser is not None else lower_face_mask(crop_size)[None]
 
     @property
@@ -143,11 +150,30 @@ class MuseTalkPredictor:
         with torch.inference_mode(), self._typed_oom(f"a batch of {len(crops)}"):
             prepared = self._prepared(crops)
             latents = torch.stack([p.latents for p in prepared])
-            audio = self._audio(batch.cond)
-            predicted = self.nets.unet(latents, self.timestep, encoder_hidden_states=audio).sample
-            faces = self._decode(predicted)
+            predicted = self._rows(self._unet, latents, self._audio(batch.cond))
+            faces = self._rows(self._decode, predicted)
         alphas = self.fallback_alpha if self.parser is None else np.stack([p.alpha for p in prepared])
-        return PatchBatch(faces, alphas)
+        return PatchBatch(np.ascontiguousarray(faces.cpu().numpy()), alphas)
+
+    def _rows(self, network, *inputs: torch.Tensor) -> torch.Tensor:
+        """`network` over the rows of `inputs` in slices of exactly `micro_batch` rows (the last one padded with
+        copies of its first row), so that no row's result depends on the others."""
+        size, k = len(inputs[0]), self.micro_batch
+        results = []
+        for start in range(0, size, k):
+            part = [x[start : start + k] for x in inputs]
+            short = k - len(part[0])
+            if short:
+                part = [torch.cat([x, x[:1].expand(short, *x.shape[1:])]) for x in part]
+            # one memory layout for every slice: kernels differ between layouts (a permuted view is channels-last)
+            results.append(network(*[x.contiguous() for x in part])[: k - short])
+        return torch.cat(results)
+
+    def _unet(self, latents: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        return self.nets.unet(latents, self.timestep, encoder_hidden_states=audio).sample
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self.nets.scaling * self.nets.vae.encode(images).latent_dist.mean
 
     def _audio(self, cond) -> torch.Tensor:
         cond = np.ascontiguousarray(cond, np.float32)
@@ -179,22 +205,21 @@ class MuseTalkPredictor:
         masked = rgb.clone()
         masked[:, :, self.crop_size // 2 :] = 0.0
         images = ((torch.cat([masked, rgb]) - 0.5) / 0.5).to(self._dtype)
-        latents = self.nets.scaling * self.nets.vae.encode(images).latent_dist.mean
+        latents = self._rows(self._encode, images)
         paired = torch.cat([latents[: len(crops)], latents[len(crops) :]], dim=1)
         alphas = self._alphas(crops) if self.parser is not None else [None] * len(crops)
         return [Prepared(paired[i].clone(), alpha) for i, alpha in enumerate(alphas)]
 
     def _alphas(self, crops: np.ndarray) -> list[np.ndarray]:
         canvases = torch.from_numpy(np.stack([parser_canvas(crop) for crop in crops])).to(self._device)
-        labels = self.parser.labels(canvases).cpu().numpy()
+        labels = self._rows(self.parser.labels, canvases).cpu().numpy()
         return [paste_alpha(jaw_region(label), self.crop_size) for label in labels]
 
-    def _decode(self, latents: torch.Tensor) -> np.ndarray:
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         """uint8 BGR (B, S, S, 3) faces from UNet latents, as MuseTalk's `decode_latents`."""
         image = self.nets.vae.decode((1 / self.nets.scaling) * latents).sample
         image = (image / 2 + 0.5).clamp(0, 1).float()
-        faces = (image * 255).round().to(torch.uint8).flip(1).permute(0, 2, 3, 1)
-        return np.ascontiguousarray(faces.cpu().numpy())
+        return (image * 255).round().to(torch.uint8).flip(1).permute(0, 2, 3, 1)
 
     @contextlib.contextmanager
     def _typed_oom(self, what: str):
@@ -205,7 +230,10 @@ class MuseTalkPredictor:
                 raise
             if self._device.type == "cuda":
                 torch.cuda.empty_cache()
-            raise OutOfMemory(f"CUDA out of memory running musetalk on {what} on {self.device}") from exc
+            self.micro_batch = max(1, self.micro_batch // 2)
+            raise OutOfMemory(
+                f"CUDA out of memory running musetalk on {what} on {self.device} (now {self.micro_batch} at a time)"
+            ) from exc
 
 
 def load_predictor(checkpoint: Path, device: str, dtype: str, crop_size: int = 256) -> MuseTalkPredictor:
