@@ -1,6 +1,6 @@
 """CPU benchmark (`make bench`): dhgen against a transcode-only baseline measured in the same run.
 
-    .venv/bin/python benchmarks/cpu.py [--size 480p] [--reps 3] [--only sequential,memory,concurrent,wav2lip,ray]
+    .venv/bin/python benchmarks/cpu.py [--size 480p] [--reps 3] [--only sequential,memory,concurrent,wav2lip,ray,musetalk]
 
 Sections (targets from issues 2, 3, 5 and 10):
 1. sequential: a batch of jobs (`--jobs 1`) vs one baseline process transcoding the same frames (decode the
@@ -16,6 +16,8 @@ Sections (targets from issues 2, 3, 5 and 10):
    one-node Ray cluster on 127.0.0.1 that is already running (its start-up is timed on its own), alternated;
    wall ratio ray / local (target <= 1.15), and the peak RSS of Ray's own processes (gcs_server, raylet, agents,
    workers and actors) sampled every 50 ms.
+6. musetalk: one job with MuseTalk 1.5 at full size (random weights) against MuseTalk's own loop, wall and peak
+   RSS (benchmarks/musetalk.py; skipped without --musetalk-src). Target wall <= 0.5.
 
 dhgen runs through its CLI entry point in a subprocess, as a user runs it. Inputs are generated into a temp
 folder. The report is printed and written to bench-results/cpu.txt. The box may be shared: wall times are noisy,
@@ -36,6 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import musetalk  # noqa: E402
 from common import (  # noqa: E402
     REPO,
     Run,
@@ -60,7 +63,7 @@ from common import (  # noqa: E402
     write_random_wav2lip,
 )
 
-SECTIONS = ("sequential", "memory", "concurrent", "wav2lip", "ray")
+SECTIONS = ("sequential", "memory", "concurrent", "wav2lip", "ray", "musetalk")
 TARGET_WALL = 1.25  # concurrent (issue 10: --jobs 2 on 2 cores)
 TARGET_SEQUENTIAL = 1.15  # sequential, warm face cache (issue 10: --jobs 1)
 TARGET_RSS = 1.2
@@ -88,6 +91,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=3, help="alternated repetitions per timed comparison (default 3)")
     p.add_argument("--baseline-threads", type=int, default=0, help="x264 threads of the baseline (0: x264 picks)")
     p.add_argument("--wav2lip-batch", type=int, default=8, help="--batch-size for the wav2lip section")
+    musetalk.add_arguments(p)
     p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections to run")
     p.add_argument("--out", type=Path, default=REPO / "bench-results" / "cpu.txt", help="report file")
     return p.parse_args(argv)
@@ -454,6 +458,7 @@ def main(argv=None) -> int:
         "concurrent": bench_concurrent,
         "wav2lip": bench_wav2lip,
         "ray": bench_ray,
+        "musetalk": musetalk.bench,
     }
     parts = [header(args)]
     print(parts[0], flush=True)

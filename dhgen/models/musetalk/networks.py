@@ -61,22 +61,34 @@ def _load(diffusers, transformers, layout: Layout, device: str, dtype: torch.dty
 
 
 def load_unet(diffusers, layout: Layout) -> torch.nn.Module:
-    with _loading(layout.unet_config, UNET_STEP):
+    """The UNet laid out on the meta device (no memory, no random initialisation of its 860 M parameters), then
+    given unet.pth's tensors, memory-mapped: the weights are in memory once, never twice."""
+    with _loading(layout.unet_config, UNET_STEP), torch.device("meta"):
         unet = diffusers.UNet2DConditionModel.from_config(json.loads(layout.unet_config.read_text(encoding="utf-8")))
     with _loading(layout.unet_weights, UNET_STEP):
-        state = torch.load(layout.unet_weights, map_location="cpu", weights_only=True)
-    load_weights(unet, state, layout.unet_weights, "MuseTalk 1.5's UNet (for its musetalk.json)", UNET_STEP)
+        state = read_weights(layout.unet_weights)
+    what = "MuseTalk 1.5's UNet (for its musetalk.json)"
+    load_weights(unet, state, layout.unet_weights, what, UNET_STEP, assign=True)
     return unet
 
 
-def load_weights(module: torch.nn.Module, state, path: Path, what: str, step: str) -> None:
-    """`state` into `module`, or a `ModelLoadError` naming `path` and what does not fit."""
+def read_weights(path: Path):
+    """A torch file of weights, memory-mapped where its format allows (torch.save's zip; not the legacy one)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_weights(module: torch.nn.Module, state, path: Path, what: str, step: str, assign: bool = False) -> None:
+    """`state` into `module` (`assign`: its tensors become the module's), or a `ModelLoadError` naming `path` and
+    what does not fit."""
     if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
         raise ModelLoadError(f"holds a {type(state).__name__}, not a state dict", path=path, hint=f"get it with {step}")
     problems = mismatches(state, module.state_dict())
     if problems:
         raise ModelLoadError(f"not the weights of {what}: {'; '.join(problems)}", path=path, hint=f"get it with {step}")
-    module.load_state_dict(state)
+    module.load_state_dict(state, assign=assign)
 
 
 def mismatches(state: dict, expected: dict, shown: int = 5) -> list[str]:
