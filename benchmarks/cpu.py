@@ -1,6 +1,7 @@
 """CPU benchmark (`make bench`): dhgen against a transcode-only baseline measured in the same run.
 
-    .venv/bin/python benchmarks/cpu.py [--size 480p] [--reps 3] [--only sequential,memory,concurrent,wav2lip,ray,musetalk]
+    .venv/bin/python benchmarks/cpu.py [--size 480p] [--reps 3] [--only sequential,memory,concurrent,wav2lip,ray]
+        [--musetalk-src MUSETALK_SRC ...: the musetalk section, see benchmarks/musetalk.py]
 
 Sections (targets from issues 2, 3, 5 and 10):
 1. sequential: a batch of jobs (`--jobs 1`) vs one baseline process transcoding the same frames (decode the

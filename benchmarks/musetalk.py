@@ -76,7 +76,7 @@ def saved_boxes(avatar: Path, xdg: Path, path: Path) -> Path:
 
 def bench(inp, args) -> str:
     frames = args.musetalk_frames
-    title = f"6. musetalk: one {frames}-frame job, full-size random weights, fp32 on the CPU (target wall <= {TARGET_WALL})"
+    title = f"6. musetalk: one {frames}-frame job, full-size random weights, fp32, CPU (target wall <= {TARGET_WALL})"
     why = missing(args)
     if why:
         return f"## {title}\n\nskipped: {why}\n"
