@@ -250,7 +250,9 @@ def run(models: Path, args) -> list[str]:
     lines.append(f"faces ({len(crops)} crops of {args.avatar.name}, audio frames {frames[0]}-{frames[-1]}):")
     lines.append(f"  dhgen vs MuseTalk with the posterior mean: {face_stats(ours, theirs)}")
     lines.append(f"  dhgen vs MuseTalk as shipped (a posterior sample): {face_stats(ours, sampled)}")
-    lines.append(f"  face value range: {theirs.min()}-{theirs.max()}, std {theirs.std():.1f} (not saturated)")
+    saturated = np.mean((theirs == 0) | (theirs == 255))
+    spread = f"values {theirs.min()}-{theirs.max()}, std {theirs.std():.1f}, {saturated:.1%} at 0 or 255"
+    lines.append(f"  their faces: {spread}")
     if predictor.parser is not None:
         lines += compare_parser(models, predictor, crops[0])
     lines.append(f"took {time.perf_counter() - started:.0f} s")
