@@ -90,6 +90,7 @@ def bench(inp, args) -> str:
     xdg = inp.tmp / "xdg-musetalk"
     boxes = saved_boxes(args.musetalk_avatar, xdg, inp.tmp / "musetalk-boxes.json")
     one_job = ["--audio", str(audio), "--avatar", str(args.musetalk_avatar), "--overwrite", "--progress", "none"]
+    one_job += ["--stall-timeout", "3600"]  # one batch of full-size MuseTalk takes minutes on a shared CPU
     model = ["--model", "musetalk", "--checkpoint", str(models), "--device", "cpu"]
     dhgen = run_timed(
         dhgen_cmd(*one_job, "-o", str(inp.tmp / "musetalk-dhgen.mp4"), *model),
