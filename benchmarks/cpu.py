@@ -1,7 +1,7 @@
 """CPU benchmark (`make bench`): dhgen against a transcode-only baseline measured in the same run.
 
     .venv/bin/python benchmarks/cpu.py [--size 480p] [--reps 3] [--only sequential,memory,concurrent,wav2lip,ray]
-        [--musetalk-src MUSETALK_SRC ...: the musetalk section, see benchmarks/musetalk.py]
+        [--musetalk-src MUSETALK_SRC ...: the musetalk section, see benchmarks/musetalk_bench.py]
 
 Sections (targets from issues 2, 3, 5 and 10):
 1. sequential: a batch of jobs (`--jobs 1`) vs one baseline process transcoding the same frames (decode the
@@ -18,7 +18,7 @@ Sections (targets from issues 2, 3, 5 and 10):
    wall ratio ray / local (target <= 1.15), and the peak RSS of Ray's own processes (gcs_server, raylet, agents,
    workers and actors) sampled every 50 ms.
 6. musetalk: one job with MuseTalk 1.5 at full size (random weights) against MuseTalk's own loop, wall and peak
-   RSS (benchmarks/musetalk.py; skipped without --musetalk-src). Target wall <= 0.5.
+   RSS (benchmarks/musetalk_bench.py; skipped without --musetalk-src). Target wall <= 0.5.
 
 dhgen runs through its CLI entry point in a subprocess, as a user runs it. Inputs are generated into a temp
 folder. The report is printed and written to bench-results/cpu.txt. The box may be shared: wall times are noisy,
@@ -39,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import musetalk  # noqa: E402
+import musetalk_bench  # noqa: E402
 from common import (  # noqa: E402
     REPO,
     Run,
@@ -92,7 +92,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=3, help="alternated repetitions per timed comparison (default 3)")
     p.add_argument("--baseline-threads", type=int, default=0, help="x264 threads of the baseline (0: x264 picks)")
     p.add_argument("--wav2lip-batch", type=int, default=8, help="--batch-size for the wav2lip section")
-    musetalk.add_arguments(p)
+    musetalk_bench.add_arguments(p)
     p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections to run")
     p.add_argument("--out", type=Path, default=REPO / "bench-results" / "cpu.txt", help="report file")
     return p.parse_args(argv)
@@ -459,7 +459,7 @@ def main(argv=None) -> int:
         "concurrent": bench_concurrent,
         "wav2lip": bench_wav2lip,
         "ray": bench_ray,
-        "musetalk": musetalk.bench,
+        "musetalk": musetalk_bench.bench,
     }
     parts = [header(args)]
     print(parts[0], flush=True)
