@@ -7,10 +7,10 @@ sample, which makes its frames random; these are reproducible). The UNet gets [m
 timestep 0, and the frame's whisper window plus MuseTalk's sinusoidal positional encoding; its output is scaled
 back, decoded, mapped from [-1, 1] to 0..255 (clamped, rounded) and returned as BGR.
 
-Every network runs on slices of exactly `micro_batch` rows, the last one padded: a row's result then does not
-depend on how many crops a worker merged into its batch, or which (convolution kernels differ with the batch
-size by a last bit, enough to flip a pixel), so a job's frames and digest are the same under every executor
-and concurrency. After an out-of-memory error the slice halves (and later frames may differ in that last bit).
+The UNet and the decoder run on slices of exactly `micro_batch` rows, the last one padded (the encoder and the
+face parser, once per avatar crop, on one crop at a time): a row's result then does not depend on how many crops
+a worker merged into its batch, or which (convolution kernels differ with the batch size by a last bit, enough
+to flip a pixel), so a job's frames and digest are the same under every executor and concurrency. After an out-of-memory error the slice halves (and later frames may differ in that last bit).
 
 Preparation is cached: a crop's latents and paste alpha depend on the crop alone, so they are kept, keyed by a
 hash of the crop's pixels (`PreparedCrops`, least recently used first out, bounded in bytes). Every job on one
@@ -155,10 +155,10 @@ class MuseTalkPredictor:
         alphas = self.fallback_alpha if self.parser is None else np.stack([p.alpha for p in prepared])
         return PatchBatch(np.ascontiguousarray(faces.cpu().numpy()), alphas)
 
-    def _rows(self, network, *inputs: torch.Tensor) -> torch.Tensor:
-        """`network` over the rows of `inputs` in slices of exactly `micro_batch` rows (the last one padded with
-        copies of its first row), so that no row's result depends on the others."""
-        size, k = len(inputs[0]), self.micro_batch
+    def _rows(self, network, *inputs: torch.Tensor, k: int | None = None) -> torch.Tensor:
+        """`network` over the rows of `inputs` in slices of exactly `k` rows (default `micro_batch`; the last slice
+        padded with copies of its first row), so that no row's result depends on the others."""
+        size, k = len(inputs[0]), k or self.micro_batch
         results = []
         for start in range(0, size, k):
             part = [x[start : start + k] for x in inputs]
@@ -205,14 +205,14 @@ class MuseTalkPredictor:
         masked = rgb.clone()
         masked[:, :, self.crop_size // 2 :] = 0.0
         images = ((torch.cat([masked, rgb]) - 0.5) / 0.5).to(self._dtype)
-        latents = self._rows(self._encode, images)
+        latents = self._rows(self._encode, images, k=1)  # once per avatar crop: no padding is worth it
         paired = torch.cat([latents[: len(crops)], latents[len(crops) :]], dim=1)
         alphas = self._alphas(crops) if self.parser is not None else [None] * len(crops)
         return [Prepared(paired[i].clone(), alpha) for i, alpha in enumerate(alphas)]
 
     def _alphas(self, crops: np.ndarray) -> list[np.ndarray]:
         canvases = torch.from_numpy(np.stack([parser_canvas(crop) for crop in crops])).to(self._device)
-        labels = self._rows(self.parser.labels, canvases).cpu().numpy()
+        labels = self._rows(self.parser.labels, canvases, k=1).cpu().numpy()
         return [paste_alpha(jaw_region(label), self.crop_size) for label in labels]
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
