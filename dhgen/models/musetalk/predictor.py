@@ -10,7 +10,8 @@ back, decoded, mapped from [-1, 1] to 0..255 (clamped, rounded) and returned as 
 The UNet and the decoder run on slices of exactly `micro_batch` rows, the last one padded (the encoder and the
 face parser, once per avatar crop, on one crop at a time): a row's result then does not depend on how many crops
 a worker merged into its batch, or which (convolution kernels differ with the batch size by a last bit, enough
-to flip a pixel), so a job's frames and digest are the same under every executor and concurrency. After an out-of-memory error the slice halves (and later frames may differ in that last bit).
+to flip a pixel), so a job's frames and digest are the same under every executor and concurrency. After an
+out-of-memory error the slice halves (and later frames may differ in that last bit).
 
 Preparation is cached: a crop's latents and paste alpha depend on the crop alone, so they are kept, keyed by a
 hash of the crop's pixels (`PreparedCrops`, least recently used first out, bounded in bytes). Every job on one
