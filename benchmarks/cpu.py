@@ -1,6 +1,8 @@
 """CPU benchmark (`make bench`): dhgen against a transcode-only baseline measured in the same run.
 
-    .venv/bin/python benchmarks/cpu.py [--size 480p] [--reps 3] [--only sequential,memory,concurrent,wav2lip,ray,serve]
+    .venv/bin/python benchmarks/cpu.py [--size 480p] [--reps 3]
+        [--only sequential,memory,concurrent,wav2lip,ray,serve,musetalk]
+        [--musetalk-src MUSETALK_SRC ...: the musetalk section, see benchmarks/musetalk_bench.py]
 
 Sections (targets from issues 2, 3, 5 and 10):
 1. sequential: a batch of jobs (`--jobs 1`) vs one baseline process transcoding the same frames (decode the
@@ -19,6 +21,8 @@ Sections (targets from issues 2, 3, 5 and 10):
 6. serve: --serve-jobs short jobs through `dhgen render --jobs N` and through a running `dhgen serve --jobs N`
    (submitted at once), alternated: wall ratio serve / render (target <= 1.1), submit latency p50/p99, and the start
    latency of one job on an idle server (target < 1 s); see benchmarks/service.py.
+7. musetalk: one job with MuseTalk 1.5 at full size (random weights) against MuseTalk's own loop, wall and peak
+   RSS (benchmarks/musetalk_bench.py; skipped without --musetalk-src). Target wall <= 0.5.
 
 dhgen runs through its CLI entry point in a subprocess, as a user runs it. Inputs are generated into a temp
 folder. The report is printed and written to bench-results/cpu.txt. The box may be shared: wall times are noisy,
@@ -39,6 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import musetalk_bench  # noqa: E402
 from common import (  # noqa: E402
     REPO,
     Run,
@@ -64,7 +69,7 @@ from common import (  # noqa: E402
 )
 from service import bench_serve  # noqa: E402
 
-SECTIONS = ("sequential", "memory", "concurrent", "wav2lip", "ray", "serve")
+SECTIONS = ("sequential", "memory", "concurrent", "wav2lip", "ray", "serve", "musetalk")
 TARGET_WALL = 1.25  # concurrent (issue 10: --jobs 2 on 2 cores)
 TARGET_SEQUENTIAL = 1.15  # sequential, warm face cache (issue 10: --jobs 1)
 TARGET_RSS = 1.2
@@ -94,6 +99,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--wav2lip-batch", type=int, default=8, help="--batch-size for the wav2lip section")
     p.add_argument("--serve-jobs", type=int, default=12, help="jobs of the serve section (default 12)")
     p.add_argument("--serve-seconds", type=float, default=3.0, help="speech per job of the serve section (default 3)")
+    musetalk_bench.add_arguments(p)
     p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections to run")
     p.add_argument("--out", type=Path, default=REPO / "bench-results" / "cpu.txt", help="report file")
     return p.parse_args(argv)
@@ -461,6 +467,7 @@ def main(argv=None) -> int:
         "wav2lip": bench_wav2lip,
         "ray": bench_ray,
         "serve": bench_serve,
+        "musetalk": musetalk_bench.bench,
     }
     parts = [header(args)]
     print(parts[0], flush=True)

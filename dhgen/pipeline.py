@@ -22,7 +22,7 @@ import numpy as np
 
 from dhgen.audio import Audio, frame_count, load_audio
 from dhgen.avatar import AvatarInfo, frame_schedule, iter_frames, probe_avatar
-from dhgen.composite import extract_crop, paste
+from dhgen.composite import paste
 from dhgen.errors import NoFaceError
 from dhgen.face import FaceTrack, track_faces
 from dhgen.manifest import Job
@@ -143,7 +143,7 @@ class _Job:
         rect = self._rect(self.track.reference_index)
         if rect is None:
             raise NoFaceError("the face is too small to animate (under 8 pixels across)", path=self.job.avatar)
-        return extract_crop(self.track.reference_frame, rect, self.family.crop_size)
+        return self.family.extract_crop(self.track.reference_frame, rect)
 
     def _coverage(self) -> float:
         """The share of output frames that get a mouth; NoFaceError under `--min-face-coverage`, before any
@@ -170,9 +170,8 @@ class _Job:
         faced = [i for i, rect in enumerate(rects) if rect is not None]
         if not faced:
             return _Chunk(frames, rects, None)
-        size = self.family.crop_size
         batch = CropBatch(
-            crops=np.stack([extract_crop(frames[i], rects[i], size) for i in faced]),
+            crops=np.stack([self.family.extract_crop(frames[i], rects[i]) for i in faced]),
             refs=self.ref_crop[None],
             cond=self.cond[[start + i for i in faced]],
         )

@@ -90,7 +90,7 @@ def test_dhgen_models_lists_the_plugin_beside_the_built_ins(lipshade):
     listed = _dhgen("models")
     assert listed.returncode == 0, listed.stderr
     lines = {line.split()[0]: line for line in listed.stdout.splitlines()}
-    assert list(lines)[:2] == ["mouthwarp", "wav2lip"]
+    assert list(lines)[:3] == ["mouthwarp", "musetalk", "wav2lip"]
     assert "dhgen-lipshade==0.1.0" in lines["lipshade"] and "numpy" in lines["lipshade"]
     described = {d["name"]: d for d in json.loads(_dhgen("models", "--json").stdout)}
     assert described["lipshade"] == {

@@ -4,7 +4,8 @@ A family is an instance of a `ModelFamily` subclass, registered under a name in 
 `dhgen.models` (`dhgen.models.registry`). It says:
 
 - how it crops: `crop_rect` (the frame rectangle it wants for a tracked face box), `crop_size` (the side crops
-  are resized to); its paste mask is the alpha its predictor returns with each patch;
+  are resized to), `extract_crop` (how they are resized); its paste mask is the alpha its predictor returns with
+  each patch;
 - its audio conditioning and where it is computed: `audio_features` (cheap DSP, in the job process) or, with
   `audio_in_worker`, the predictor's own `audio_features` (a network such as whisper, in the inference worker,
   once per job); then `conditioning` turns the features into one entry per video frame (numpy, job process);
@@ -38,10 +39,13 @@ GPU_USES = ("none", "optional", "required")
 
 class Predictor(Protocol):
     """A loaded model. `device` is where it runs ("cpu", "cuda:0"), `dtype` what it computes in ("float32",
-    "float16"); both end up in every job's record."""
+    "float16"); both end up in every job's record. `fixed_shapes` (optional, default False): the predictor runs its
+    network on slices of one fixed size of its own, so a crop's answer cannot depend on how many crops came with it
+    and the worker need not pad GPU batches to one shape for it (`serving.AdaptivePredictor`)."""
 
     device: str
     dtype: str
+    fixed_shapes: bool
 
     def predict(self, batch: CropBatch) -> PatchBatch:
         """uint8 BGR crops (B, S, S, 3), refs (B, S, S, 3) and conditioning (B, ...) -> uint8 BGR patches
@@ -96,13 +100,23 @@ class ModelFamily:
         top, bottom, left, right = pads
         return clip_rect((x - left, y - top, x + w + right, y + h + bottom), frame_w, frame_h)
 
+    def extract_crop(self, frame: np.ndarray, rect: Rect) -> np.ndarray:
+        """The model's input for one frame: `rect` of `frame` resized to crop_size x crop_size (uint8 BGR). By
+        default area averaging or bilinear (`dhgen.composite.extract_crop`); a family trained on another resize
+        (MuseTalk: LANCZOS4) says so here."""
+        from dhgen.composite import extract_crop
+
+        return extract_crop(frame, rect, self.crop_size)
+
     def audio_features(self, samples: np.ndarray) -> np.ndarray:
         """The job's audio features from its 16 kHz mono samples, in the job process (numpy only). By default the
         samples themselves; unused when `audio_in_worker`."""
         return samples
 
     def conditioning(self, features: np.ndarray, fps: Fraction, n_frames: int) -> np.ndarray:
-        """One conditioning entry per video frame, float32 (n_frames, ...), from the job's features."""
+        """One conditioning entry per video frame, float32 (n_frames, ...), from the job's features: an array,
+        or (where an array of every frame's entry would be large) any object with `len()` whose `[indices]`
+        (a list of frame indices) gives those frames' entries as one float32 array."""
         raise NotImplementedError(f"model family {self.name!r} does not define conditioning()")
 
     def load(self, checkpoint: Path | None, device: str, dtype: str) -> Predictor:

@@ -47,8 +47,12 @@ def names() -> list[str]:
 
 
 def entry(name: str) -> FamilyEntry:
-    """The family registered as `name`, imported (once per process)."""
+    """The family registered as `name`, imported (once per process). A name not seen is looked for again first:
+    a long-lived process (a Ray worker, the service) may predate the package that registers it."""
     points = _entry_points()
+    if name not in points:
+        rescan()
+        points = _entry_points()
     if name not in points:
         raise UsageError(f"unknown model {name!r}", hint=f"choose one of: {', '.join(points)} (`dhgen models`)")
     return _load(name)

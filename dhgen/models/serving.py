@@ -44,11 +44,13 @@ class AdaptivePredictor:
     On a GPU every slice is padded to `limit` crops (copies of its last one; their answers are dropped): libraries
     such as cuDNN choose their algorithm by the input's shape, so a crop's patch could change by one level with
     the number of crops that happened to be merged with it (which depends on timing). One shape per run keeps the
-    frames, and their digest, the same from run to run (README, "Reproducible digests on a GPU")."""
+    frames, and their digest, the same from run to run (README, "Reproducible digests on a GPU"). A predictor with
+    `fixed_shapes` runs slices of its own size and is not padded."""
 
     def __init__(self, predictor, limit: int, on_oom) -> None:
         self.predictor, self.limit, self.on_oom = predictor, limit, on_oom
-        self.pad = str(getattr(predictor, "device", "cpu")).startswith("cuda")
+        on_gpu = str(getattr(predictor, "device", "cpu")).startswith("cuda")
+        self.pad = on_gpu and not getattr(predictor, "fixed_shapes", False)
 
     def predict(self, batch: CropBatch) -> PatchBatch:
         while True:
@@ -92,6 +94,7 @@ class CheckedPredictor:
         self.predictor, self.name, self.crop_size = predictor, name, crop_size
         self.device = str(getattr(predictor, "device", "cpu"))
         self.dtype = str(getattr(predictor, "dtype", "float32"))
+        self.fixed_shapes = bool(getattr(predictor, "fixed_shapes", False))
 
     def predict(self, batch: CropBatch) -> PatchBatch:
         try:
@@ -138,6 +141,7 @@ class FaultInjector:
     def __init__(self, predictor, fault: str) -> None:
         self.predictor, self.fault = predictor, fault
         self.device, self.dtype = predictor.device, predictor.dtype
+        self.fixed_shapes = getattr(predictor, "fixed_shapes", False)
 
     def predict(self, batch: CropBatch) -> PatchBatch:
         if self.fault == "raise":
