@@ -144,7 +144,8 @@ def test_the_graph_sees_the_masked_crop_then_the_reference(tmp_path, crops):
     assert np.array_equal(onnx_patches, crops.refs)  # channels 3-5: the reference crop, exactly
 
 
-def test_the_worker_share_of_threads_reaches_the_session(weights):
+def test_the_worker_share_of_threads_reaches_the_session(weights, monkeypatch):
+    monkeypatch.setattr(onnx_backend, "_threads", None)  # this process's setting, as it was, after the test
     predictor = load_for_serving(_options(weights["dynamic"]), threads=1)
     assert predictor.predictor.session.get_session_options().intra_op_num_threads == 1
 
@@ -354,7 +355,7 @@ def test_the_pth_and_both_graphs_render_the_same_frames(weights, tmp_path):
         [records[name]] = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()][-1:]
         renders[name] = _frames(out)
     still = np.broadcast_to(_frames_of_still(), renders["pth"].shape)
-    assert _psnr(renders["pth"], still).min() < 35  # the random generator's mouth is there to compare
+    assert _psnr(renders["pth"], still).max() < 35  # in every frame, the random generator's mouth to compare
     for name in ("batch1", "dynamic"):
         assert renders[name].shape == renders["pth"].shape == (15, 288, 288, 3)
         assert _psnr(renders[name], renders["pth"]).min() >= MIN_PSNR, name

@@ -68,10 +68,10 @@ def check_graph(path: Path) -> None:
 def graph_batch(path: Path) -> int | None:
     """The batch the graph at `path` takes: a fixed N, or None when dynamic. `NotOnnx` for a file that is not a
     graph; `GraphMismatch` naming the first input or output that does not fit."""
-    return batch_of(graph_io(path))
+    return _batch_of(graph_io(path))
 
 
-def batch_of(io: GraphIO) -> int | None:
+def _batch_of(io: GraphIO) -> int | None:
     inputs = {tensor.name: tensor for tensor in io.inputs}
     found = ", ".join(_described(t) for t in io.inputs) or "none"
     for name in INPUT_SHAPES:
