@@ -1,9 +1,9 @@
 """CPU benchmark (`make bench`): dhgen against a transcode-only baseline measured in the same run.
 
     .venv/bin/python benchmarks/cpu.py [--size 480p] [--reps 3] [--only sequential,memory,concurrent,wav2lip,ray,peer]
-        [--peer-repo WAV2LIP_CHECKOUT --peer-python PYTHON]
+        [--peer-repo WAV2LIP_CHECKOUT --peer-python PYTHON]   (or $WAV2LIP_REPO, $WAV2LIP_PYTHON: `make bench`)
 
-Sections (targets from issues 2, 3, 5 and 10):
+Sections (targets from issues 2, 3, 5, 10 and 14):
 1. sequential: a batch of jobs (`--jobs 1`) vs one baseline process transcoding the same frames (decode the
    avatar in dhgen's ping-pong order, encode + mux through dhgen.writer.VideoWriter), runs alternated, medians.
    Cold = an empty face cache (fresh XDG_CACHE_HOME), warm = a cache filled beforehand. Target wall <= 1.15
@@ -14,14 +14,14 @@ Sections (targets from issues 2, 3, 5 and 10):
 4. wav2lip: a short clip with a randomly initialised generator at a small batch, as a `.pth` (torch) and as the
    same weights exported to ONNX (onnxruntime), alternated with the baseline; frames/s of each (target: ONNX >=
    1.5x torch), the inference worker's peak RSS, and the model's own frames/s at that batch.
-6. peer (only with --peer-repo and --peer-python): Wav2Lip's own inference.py against dhgen with the ONNX graph
-   and with the .pth, same random weights, 10 s of speech on a 3 s 720p avatar, one run each, cold face cache;
-   wall and peak RSS of the process tree as ratios to the peer's (targets with ONNX: <= 0.07 and <= 0.1).
-   See benchmarks/peer.py for the peer's stand-in face detector weights.
 5. ray: the concurrent section's batch through the local supervisor and through `--executor ray` against a
    one-node Ray cluster on 127.0.0.1 that is already running (its start-up is timed on its own), alternated;
    wall ratio ray / local (target <= 1.15), and the peak RSS of Ray's own processes (gcs_server, raylet, agents,
    workers and actors) sampled every 50 ms.
+6. peer (only with --peer-repo and --peer-python, or $WAV2LIP_REPO and $WAV2LIP_PYTHON): Wav2Lip's own
+   inference.py against dhgen with the ONNX graph and with the .pth, same random weights, 10 s of speech on a
+   3 s 720p avatar, one run each, cold face cache; wall, CPU and peak RSS of the process tree as ratios to the
+   peer's (targets with ONNX: wall <= 0.07, RSS <= 0.1). benchmarks/peer.py: the peer's stand-in face detector.
 
 dhgen runs through its CLI entry point in a subprocess, as a user runs it. Inputs are generated into a temp
 folder. The report is printed and written to bench-results/cpu.txt. The box may be shared: wall times are noisy,
@@ -100,8 +100,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--baseline-threads", type=int, default=0, help="x264 threads of the baseline (0: x264 picks)")
     p.add_argument("--wav2lip-batch", type=int, default=8, help="--batch-size for the wav2lip section")
     p.add_argument("--wav2lip-seconds", type=float, default=4.0, help="speech in the wav2lip section (default 4)")
-    p.add_argument("--peer-repo", type=Path, help="a checkout of github.com/Rudrabha/Wav2Lip (peer section)")
-    p.add_argument("--peer-python", help="a Python with Wav2Lip's requirements (librosa<0.10, scipy, torch, cv2)")
+    p.add_argument(
+        "--peer-repo",
+        type=Path,
+        default=os.environ.get("WAV2LIP_REPO"),
+        help="a checkout of github.com/Rudrabha/Wav2Lip, for the peer section (default: $WAV2LIP_REPO)",
+    )
+    p.add_argument(
+        "--peer-python",
+        default=os.environ.get("WAV2LIP_PYTHON"),
+        help="a Python with Wav2Lip's requirements (librosa<0.10, scipy, torch, cv2) (default: $WAV2LIP_PYTHON)",
+    )
     p.add_argument("--peer-seconds", type=float, default=10.0, help="speech in the peer section (default 10)")
     p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections to run")
     p.add_argument("--out", type=Path, default=REPO / "bench-results" / "cpu.txt", help="report file")
@@ -486,11 +495,13 @@ def bench_peer(inp: Inputs, args) -> str:
             f"{run.peak_tree_rss_mb:.0f}",
             f"{run.max_rss_mb:.0f}",
             f"{run.wall_s / peer.wall_s:.3f}",
+            f"{run.cpu_s / peer.cpu_s:.3f}",
             f"{run.peak_tree_rss_mb / peer.peak_tree_rss_mb:.3f}",
         ]
         for name, run in runs.items()
     ]
-    headers = ["run", "wall s", "CPU s", "tree peak RSS MB", "largest process MB", "wall / peer", "RSS / peer"]
+    headers = ["run", "wall s", "CPU s", "tree peak RSS MB", "largest process MB", "wall / peer", "CPU / peer"]
+    headers.append("RSS / peer")
     return table(title, headers, rows) + (
         f"\ntargets with the ONNX graph: wall <= {TARGET_PEER_WALL}, peak RSS <= {TARGET_PEER_RSS} of the peer's. "
         "The peer's face detector is a stand-in (random S3FD weights, constant score heads: benchmarks/peer.py).\n"
