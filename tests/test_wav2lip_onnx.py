@@ -114,11 +114,8 @@ def test_a_graph_answers_what_its_torch_checkpoint_answers(graph, weights, fixed
     predictor's patches give or take one level, and the same alpha."""
     path = fixed_batch_4 if graph == "fixed4" else weights[graph]
     predictor = load_model(_options(path))
-    assert (predictor.device, predictor.dtype, predictor.batch) == (
-        "cpu",
-        "float32",
-        {"batch1": 1, "fixed4": 4}.get(graph),
-    )
+    fixed = {"batch1": 1, "fixed4": 4}.get(graph)  # None: dynamic
+    assert (predictor.device, predictor.dtype, predictor.batch) == ("cpu", "float32", fixed)
     result = predictor.predict(crops)
     assert result.patches.shape == (5, S, S, 3) and result.patches.dtype == np.uint8
     assert np.abs(result.patches.astype(int) - torch_patches.patches).max() <= 1
@@ -136,11 +133,11 @@ def test_the_graph_sees_the_masked_crop_then_the_reference(tmp_path, crops):
         def forward(self, source, target):
             return target[:, self.first : self.first + 3] + 0.0 * source.mean()
 
-    for first, torch_sees in ((0, "masked"), (3, "reference")):
+    for first, what in ((0, "masked crop"), (3, "reference")):
         path = _export(Channels(first), tmp_path / f"channels{first}.onnx", _zero_inputs(), dynamic=True)
         onnx_patches = load_model(_options(path)).predict(crops).patches
         torch_patches = TorchPredictor("wav2lip", S, Wav2LipModel(Channels(first)), "cpu").predict(crops).patches
-        assert np.array_equal(onnx_patches, torch_patches), torch_sees
+        assert np.array_equal(onnx_patches, torch_patches), what
     assert np.array_equal(onnx_patches, crops.refs)  # channels 3-5: the reference crop, exactly
 
 

@@ -21,7 +21,6 @@ log = logging.getLogger(__name__)
 CUDA_EP, CPU_EP = "CUDAExecutionProvider", "CPUExecutionProvider"
 INSTALL_HINT = "pip install 'dhgen[onnx]' (onnxruntime; for a GPU, onnxruntime-gpu instead)"
 GPU_HINT = "install onnxruntime-gpu in place of onnxruntime (pip uninstall onnxruntime; pip install onnxruntime-gpu)"
-DEVICE_HINT = "use --device cpu, or --device auto to pick a GPU when there is one"
 
 _threads: int | None = None  # intra-op threads of every session this process opens (None: onnxruntime's default)
 
