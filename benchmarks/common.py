@@ -121,6 +121,27 @@ def write_random_wav2lip(path: Path, seed: int = 0) -> Path | None:
     return path
 
 
+def export_wav2lip_onnx(pth: Path, path: Path) -> Path:
+    """The generator in `pth` exported to ONNX with FaceFusion's I/O names (`source`, `target` -> `output`) and a
+    dynamic batch: the same weights under onnxruntime."""
+    import warnings
+
+    import torch
+
+    from dhgen.models.wav2lip.network import load_generator
+
+    generator = load_generator(pth, "cpu")
+    inputs = (torch.zeros(1, 1, 80, 16), torch.zeros(1, 6, 96, 96))
+    axes = {name: {0: "batch"} for name in ("source", "target", "output")}
+    with warnings.catch_warnings():  # the TorchScript-based exporter is deprecated
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            generator, inputs, str(path), input_names=["source", "target"], output_names=["output"],
+            dynamic_axes=axes, dynamo=False,
+        )  # fmt: skip
+    return path
+
+
 # --- the transcode-only baseline ------------------------------------------------------------------------------
 
 
@@ -228,21 +249,28 @@ class Run:
         return total
 
 
-def run_timed(cmd: list[str], env: dict | None = None, sample_memory: bool = False, timeout_s: float = 0) -> Run:
+def run_timed(
+    cmd: list[str], env: dict | None = None, sample_memory: bool = False, timeout_s: float = 0, cwd: Path | None = None
+) -> Run:
     """Run `cmd` to completion (see `run_many`)."""
-    return run_many([cmd], env, sample_memory, timeout_s)[0]
+    return run_many([cmd], env, sample_memory, timeout_s, cwd)[0]
 
 
 def run_many(
-    cmds: list[list[str]], env: dict | None = None, sample_memory: bool = False, timeout_s: float = 0
+    cmds: list[list[str]],
+    env: dict | None = None,
+    sample_memory: bool = False,
+    timeout_s: float = 0,
+    cwd: Path | None = None,
 ) -> list[Run]:
-    """Start every command at once and wait for all. With `sample_memory`, the RSS of each process tree is
-    sampled every 50 ms (Linux /proc); the per-process peaks come from the kernel's VmHWM, so they are exact.
+    """Start every command at once (in `cwd`) and wait for all. With `sample_memory`, the RSS of each process tree
+    is sampled every 50 ms (Linux /proc); the per-process peaks come from the kernel's VmHWM, so they are exact.
     A process still running after `timeout_s` (0: no limit) is killed (dhgen's children die with it)."""
     interval = 0.05 if sample_memory else 0.005
     files = [tempfile.TemporaryFile("w+") for _ in cmds]
     start = time.perf_counter()
-    procs = [subprocess.Popen(c, env=env, stdout=f, stderr=subprocess.STDOUT) for c, f in zip(cmds, files, strict=True)]
+    pairs = zip(cmds, files, strict=True)
+    procs = [subprocess.Popen(c, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=cwd) for c, f in pairs]
     samplers = [TreeSampler() for _ in cmds]
     done: dict[int, Run] = {}
     while len(done) < len(procs):
@@ -281,12 +309,14 @@ def _finished(cmd, wall: float, code: int, usage, sampler: TreeSampler) -> Run:
 
 class TreeSampler:
     """Samples the memory and CPU time of a process and its descendants, and labels each process: main, a child
-    that loaded torch (dhgen's inference worker), the multiprocessing resource tracker, or another child (a job)."""
+    that loaded torch or onnxruntime (dhgen's inference worker), the multiprocessing resource tracker, or another
+    child (a job)."""
 
     def __init__(self) -> None:
         self.peak_sum_kb = 0
         self.seen: dict[int, tuple[str, int, float]] = {}  # pid -> (kind, VmHWM kB, CPU s at the last sample)
         self._torch: set[int] = set()
+        self._ort: set[int] = set()
         self._av: set[int] = set()
 
     def sample(self, root: int) -> None:
@@ -307,6 +337,10 @@ class TreeSampler:
             self._torch.add(pid)
         if pid in self._torch:
             return "worker (torch)"
+        if pid not in self._ort and _maps(pid, "onnxruntime"):
+            self._ort.add(pid)
+        if pid in self._ort:
+            return "worker (onnxruntime)"
         if "resource_tracker" in _cmdline(pid):
             return "resource tracker"
         # A job process decodes and encodes with PyAV; a worker serving a numpy model (mouthwarp) never does.

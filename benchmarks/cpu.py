@@ -1,10 +1,11 @@
 """CPU benchmark (`make bench`): dhgen against a transcode-only baseline measured in the same run.
 
     .venv/bin/python benchmarks/cpu.py [--size 480p] [--reps 3]
-        [--only sequential,memory,concurrent,wav2lip,ray,serve,musetalk]
+        [--only sequential,memory,concurrent,wav2lip,ray,serve,musetalk,peer]
         [--musetalk-src MUSETALK_SRC ...: the musetalk section, see benchmarks/musetalk_bench.py]
+        [--peer-repo WAV2LIP_CHECKOUT --peer-python PYTHON]   (or $WAV2LIP_REPO, $WAV2LIP_PYTHON: `make bench`)
 
-Sections (targets from issues 2, 3, 5 and 10):
+Sections (targets from issues 2, 3, 5, 10 and 14):
 1. sequential: a batch of jobs (`--jobs 1`) vs one baseline process transcoding the same frames (decode the
    avatar in dhgen's ping-pong order, encode + mux through dhgen.writer.VideoWriter), runs alternated, medians.
    Cold = an empty face cache (fresh XDG_CACHE_HOME), warm = a cache filled beforehand. Target wall <= 1.15
@@ -12,8 +13,9 @@ Sections (targets from issues 2, 3, 5 and 10):
 2. memory: peak RSS of the whole process tree for a 3-minute job vs a 10-second job. Target <= 1.2.
 3. concurrent: a batch rendered N jobs at once (`--jobs N`) vs N concurrent baseline processes sharing the
    batch. Target wall <= 1.25.
-4. wav2lip: a short clip with a randomly initialised generator at a small batch (skipped when dhgen has no
-   wav2lip model yet), plus the model's own frames/s at that batch.
+4. wav2lip: a short clip with a randomly initialised generator at a small batch, as a `.pth` (torch) and as the
+   same weights exported to ONNX (onnxruntime), alternated with the baseline; frames/s of each (target: ONNX >=
+   1.5x torch), the inference worker's peak RSS, and the model's own frames/s at that batch.
 5. ray: the concurrent section's batch through the local supervisor and through `--executor ray` against a
    one-node Ray cluster on 127.0.0.1 that is already running (its start-up is timed on its own), alternated;
    wall ratio ray / local (target <= 1.15), and the peak RSS of Ray's own processes (gcs_server, raylet, agents,
@@ -23,6 +25,10 @@ Sections (targets from issues 2, 3, 5 and 10):
    latency of one job on an idle server (target < 1 s); see benchmarks/service.py.
 7. musetalk: one job with MuseTalk 1.5 at full size (random weights) against MuseTalk's own loop, wall and peak
    RSS (benchmarks/musetalk_bench.py; skipped without --musetalk-src). Target wall <= 0.5.
+8. peer (only with --peer-repo and --peer-python, or $WAV2LIP_REPO and $WAV2LIP_PYTHON): Wav2Lip's own
+   inference.py against dhgen with the ONNX graph and with the .pth, same random weights, 10 s of speech on a
+   3 s 720p avatar, one run each, cold face cache; wall, CPU and peak RSS of the process tree as ratios to the
+   peer's (targets with ONNX: wall <= 0.07, RSS <= 0.1). benchmarks/peer.py: the peer's stand-in face detector.
 
 dhgen runs through its CLI entry point in a subprocess, as a user runs it. Inputs are generated into a temp
 folder. The report is printed and written to bench-results/cpu.txt. The box may be shared: wall times are noisy,
@@ -50,12 +56,13 @@ from common import (  # noqa: E402
     check_dhgen,
     child_env,
     dhgen_cmd,
+    export_wav2lip_onnx,
     load_model,
     make_avatar,
     make_speech,
     median,
-    model_fps,
     prime_face_cache,
+    random_crop_batch,
     run_many,
     run_sections,
     run_timed,
@@ -67,13 +74,17 @@ from common import (  # noqa: E402
     write_manifest,
     write_random_wav2lip,
 )
+from peer import peer_cmd, prepare_peer  # noqa: E402
 from service import bench_serve  # noqa: E402
 
-SECTIONS = ("sequential", "memory", "concurrent", "wav2lip", "ray", "serve", "musetalk")
+SECTIONS = ("sequential", "memory", "concurrent", "wav2lip", "ray", "serve", "musetalk", "peer")
 TARGET_WALL = 1.25  # concurrent (issue 10: --jobs 2 on 2 cores)
 TARGET_SEQUENTIAL = 1.15  # sequential, warm face cache (issue 10: --jobs 1)
 TARGET_RSS = 1.2
 TARGET_RAY = 1.15
+TARGET_ONNX_SPEEDUP = 1.5  # wav2lip frames/s, onnxruntime / torch (issue 14)
+TARGET_PEER_WALL, TARGET_PEER_RSS = 0.07, 0.1  # dhgen with the ONNX graph / Wav2Lip's inference.py (issue 14)
+W2L_RUNS = {"torch": "dhgen wav2lip .pth (torch)", "onnxruntime": "dhgen wav2lip .onnx (onnxruntime)"}
 
 
 @dataclass
@@ -82,7 +93,7 @@ class Inputs:
     avatar: Path
     speech: Path  # --seconds long
     long_speech: Path  # --long-seconds long
-    short_speech: Path  # 2 s, for wav2lip
+    short_speech: Path  # --wav2lip-seconds, for wav2lip
     frames: int  # output frames for `speech`
 
 
@@ -100,6 +111,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--serve-jobs", type=int, default=12, help="jobs of the serve section (default 12)")
     p.add_argument("--serve-seconds", type=float, default=3.0, help="speech per job of the serve section (default 3)")
     musetalk_bench.add_arguments(p)
+    p.add_argument("--wav2lip-seconds", type=float, default=4.0, help="speech in the wav2lip section (default 4)")
+    p.add_argument(
+        "--peer-repo",
+        type=Path,
+        default=os.environ.get("WAV2LIP_REPO"),
+        help="a checkout of github.com/Rudrabha/Wav2Lip, for the peer section (default: $WAV2LIP_REPO)",
+    )
+    p.add_argument(
+        "--peer-python",
+        default=os.environ.get("WAV2LIP_PYTHON"),
+        help="a Python with Wav2Lip's requirements (librosa<0.10, scipy, torch, cv2) (default: $WAV2LIP_PYTHON)",
+    )
+    p.add_argument("--peer-seconds", type=float, default=10.0, help="speech in the peer section (default 10)")
     p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections to run")
     p.add_argument("--out", type=Path, default=REPO / "bench-results" / "cpu.txt", help="report file")
     return p.parse_args(argv)
@@ -274,38 +298,74 @@ def wav2lip_missing() -> str | None:
 
 
 def bench_wav2lip(inp: Inputs, args) -> str:
-    title = f"4. wav2lip: random weights, 2 s clip, --batch-size {args.wav2lip_batch}, --jobs 1, warm cache"
+    seconds, batch = args.wav2lip_seconds, args.wav2lip_batch
+    title = f"4. wav2lip: torch vs onnxruntime, same random weights, {seconds:g} s clip, --batch-size {batch}, --jobs 1"
     why = wav2lip_missing()
     if why:
         return f"## {title}\n\nskipped: {why}\n"
-    checkpoint = write_random_wav2lip(inp.tmp / "wav2lip-random.pth")
-    frames = speech_frames(2.0)
+    pth = write_random_wav2lip(inp.tmp / "wav2lip-random.pth")
+    graph = export_wav2lip_onnx(pth, inp.tmp / "wav2lip-random.onnx")
+    frames = speech_frames(seconds)
     xdg = inp.tmp / "xdg-warm"
-    batch = ["--model", "wav2lip", "--checkpoint", str(checkpoint), "--batch-size", str(args.wav2lip_batch)]
-    dhgen_run(inp, [("w", inp.short_speech, inp.avatar)], "w2l", xdg, "--jobs", "1", *batch)  # warm-up
-    runs = alternate(
-        args.reps,
-        {
-            "baseline (transcode only)": lambda: run_timed(
-                baseline_cmd(inp, [inp.short_speech], frames, args.baseline_threads), child_env()
-            ).check(),
-            "dhgen --model wav2lip": lambda: dhgen_run(
-                inp, [("w", inp.short_speech, inp.avatar)], "w2l", xdg, "--jobs", "1", *batch
-            )[0],
-        },
+    rows = [("w", inp.short_speech, inp.avatar)]
+
+    def dhgen(checkpoint: Path):
+        extra = ["--model", "wav2lip", "--checkpoint", str(checkpoint), "--batch-size", str(batch), "--jobs", "1"]
+        return lambda: dhgen_run(inp, rows, "w2l", xdg, *extra, sample_memory=True)[0]
+
+    variants = {
+        "baseline (transcode only)": lambda: run_timed(
+            baseline_cmd(inp, [inp.short_speech], frames, args.baseline_threads), child_env()
+        ).check(),
+        W2L_RUNS["torch"]: dhgen(pth),
+        W2L_RUNS["onnxruntime"]: dhgen(graph),
+    }
+    for name in list(variants)[1:]:
+        variants[name]()  # warm-up: page cache, face cache
+    runs = alternate(args.reps, variants)
+    text = table(title, COMPARISON_HEADERS, comparison_rows(runs, dict.fromkeys(runs, frames), list(variants)[0]))
+    torch_runs, onnx_runs = (runs[W2L_RUNS[b]] for b in ("torch", "onnxruntime"))
+    paired = median([t.wall_s / o.wall_s for t, o in zip(torch_runs, onnx_runs, strict=True)])
+    rss = {b: median([r.peak_by_kind().get(f"worker ({b})", 0.0) for r in runs[name]]) for b, name in W2L_RUNS.items()}
+    cpu = median([t.cpu_s / o.cpu_s for t, o in zip(torch_runs, onnx_runs, strict=True)])
+    threads, (torch_fps, torch_cpu), (onnx_fps, onnx_cpu) = model_alone(pth, graph, batch)
+    return text + (
+        f"\nonnxruntime / torch, frames/s of the whole run: {paired:.2f} (paired walls; target >= "
+        f"{TARGET_ONNX_SPEEDUP}); frames per CPU second: {cpu:.2f}\n"
+        f"model alone ({threads} thread(s), batch {batch}, best of 2 alternated rounds): torch {torch_fps:.1f} "
+        f"frames/s ({torch_cpu:.1f} per CPU s), onnxruntime {onnx_fps:.1f} ({onnx_cpu:.1f}) = "
+        f"{onnx_fps / torch_fps:.2f} ({onnx_cpu / torch_cpu:.2f})\n"
+        f"inference worker peak RSS (VmHWM, median): torch {rss['torch']:.0f} MB, onnxruntime "
+        f"{rss['onnxruntime']:.0f} MB = {rss['onnxruntime'] / rss['torch']:.2f}\n"
     )
-    text = table(
-        title, COMPARISON_HEADERS, comparison_rows(runs, dict.fromkeys(runs, frames), "baseline (transcode only)")
-    )
-    threads = max(1, (os.cpu_count() or 2) // 2)  # what the supervisor gives a CPU inference worker
+
+
+def model_alone(pth: Path, graph: Path, batch: int, rounds: int = 2):
+    """(frames/s, frames per CPU second) of each predictor in this process, with the threads the supervisor gives
+    a CPU wav2lip worker; torch and onnxruntime alternated `rounds` times, the best round of each kept (a shared
+    box slows a round down, never up)."""
     import torch
 
+    from dhgen.executors.shares import worker_threads
+    from dhgen.models import onnx_backend
+    from dhgen.options import ModelOptions
+
+    threads = worker_threads(os.cpu_count() or 2, 1, "cpu", ModelOptions(name="wav2lip", checkpoint=pth))
     torch.set_num_threads(threads)
-    predictor = load_model("wav2lip", "cpu", checkpoint, args.wav2lip_batch)
-    fps = model_fps(predictor, "wav2lip", args.wav2lip_batch, seconds=3.0)
-    return (
-        text + f"\nmodel only (in-process, {threads} torch thread(s), batch {args.wav2lip_batch}): {fps:.1f} frames/s\n"
-    )
+    onnx_backend.set_num_threads(threads)
+    predictors = {b: load_model("wav2lip", "cpu", c, batch) for b, c in (("torch", pth), ("onnxruntime", graph))}
+    crops = random_crop_batch("wav2lip", batch)
+    best = dict.fromkeys(predictors, (0.0, 0.0))
+    for _ in range(rounds):
+        for backend, predictor in predictors.items():
+            predictor.predict(crops)
+            wall, cpu, done = time.perf_counter(), time.process_time(), 0
+            while time.perf_counter() - wall < 3.0:
+                predictor.predict(crops)
+                done += batch
+            rates = (done / (time.perf_counter() - wall), done / (time.process_time() - cpu))
+            best[backend] = max(best[backend], rates)
+    return threads, best["torch"], best["onnxruntime"]
 
 
 def bench_ray(inp: Inputs, args) -> str:
@@ -413,6 +473,55 @@ def _ray_kind(command: str) -> str | None:
     return name
 
 
+def bench_peer(inp: Inputs, args) -> str:
+    title = (
+        f"6. peer: Wav2Lip's inference.py vs dhgen --model wav2lip, same random weights, {args.peer_seconds:g} s "
+        "speech, 3 s 720p avatar, one run each, cold face cache"
+    )
+    if not (args.peer_repo and args.peer_python):
+        return f"## {title}\n\nskipped: give --peer-repo and --peer-python (benchmarks/README.md)\n"
+    folder = inp.tmp / "peer"
+    folder.mkdir()
+    repo = prepare_peer(args.peer_repo, folder)
+    avatar = make_avatar(folder / "avatar720.mp4", *size_of("720p"))
+    audio = make_speech(folder / "speech.wav", args.peer_seconds)
+    pth = write_random_wav2lip(folder / "random.pth")
+    graph = export_wav2lip_onnx(pth, folder / "random.onnx")
+    runs = {}
+    for name, checkpoint in (("dhgen .onnx", graph), ("dhgen .pth", pth)):
+        out = Path(tempfile.mkdtemp(prefix="peer-dhgen-", dir=folder))
+        cmd = dhgen_cmd("--audio", str(audio), "--avatar", str(avatar), "-o", str(out / "out.mp4"))
+        cmd += ["--model", "wav2lip", "--checkpoint", str(checkpoint), "--progress", "none"]
+        xdg = Path(tempfile.mkdtemp(prefix="xdg-cold-", dir=folder))
+        runs[name] = run_timed(cmd, child_env(XDG_CACHE_HOME=str(xdg)), sample_memory=True).check()
+    out = folder / "peer_out.mp4"
+    peer = run_timed(peer_cmd(args.peer_python, pth, avatar, audio, out), sample_memory=True, cwd=repo).check()
+    if not out.exists():
+        raise RuntimeError(f"the peer wrote no {out} (is ffmpeg on PATH?)\n{peer.output[-2000:]}")
+    runs["Wav2Lip inference.py"] = peer
+    rows = [
+        [
+            name,
+            f"{run.wall_s:.1f}",
+            f"{run.cpu_s:.1f}",
+            f"{run.peak_tree_rss_mb:.0f}",
+            f"{max(run.peak_by_kind().values()):.0f}",
+            f"{run.wall_s / peer.wall_s:.3f}",
+            f"{run.cpu_s / peer.cpu_s:.3f}",
+            f"{run.peak_tree_rss_mb / peer.peak_tree_rss_mb:.3f}",
+        ]
+        for name, run in runs.items()
+    ]
+    # The largest process by its own VmHWM: wait4's ru_maxrss would count this (torch-importing) process's pages,
+    # which a child holds between fork and exec.
+    headers = ["run", "wall s", "CPU s", "tree peak RSS MB", "largest process MB", "wall / peer", "CPU / peer"]
+    headers.append("RSS / peer")
+    return table(title, headers, rows) + (
+        f"\ntargets with the ONNX graph: wall <= {TARGET_PEER_WALL}, peak RSS <= {TARGET_PEER_RSS} of the peer's. "
+        "The peer's face detector is a stand-in (random S3FD weights, constant score heads: benchmarks/peer.py).\n"
+    )
+
+
 # --- driver ---------------------------------------------------------------------------------------------------
 
 
@@ -425,7 +534,7 @@ def prepare(tmp: Path, args) -> Inputs:
         avatar=avatar,
         speech=make_speech(tmp / "speech.wav", args.seconds),
         long_speech=make_speech(tmp / "speech-long.wav", args.long_seconds),
-        short_speech=make_speech(tmp / "speech-2s.wav", 2.0),
+        short_speech=make_speech(tmp / "speech-wav2lip.wav", args.wav2lip_seconds),
         frames=speech_frames(args.seconds),
     )
 
@@ -468,6 +577,7 @@ def main(argv=None) -> int:
         "ray": bench_ray,
         "serve": bench_serve,
         "musetalk": musetalk_bench.bench,
+        "peer": bench_peer,
     }
     parts = [header(args)]
     print(parts[0], flush=True)

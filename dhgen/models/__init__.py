@@ -6,6 +6,8 @@
     serving.py       one loaded model serving many jobs: device and precision, batch halving on OOM, typed errors
     checkpoints.py   judging weight files by their bytes, before anything starts (no torch)
     torch_backend.py the torch plumbing shared by torch families (devices, CUDA errors, the batched forward)
+    onnx_backend.py  the onnxruntime plumbing shared by ONNX families (devices, thread share, sessions)
+    onnx_graph.py    an ONNX file's inputs and outputs read from its bytes, before anything starts
     mouthwarp/       the embedded weight-free family (numpy + OpenCV)
     wav2lip/         Wav2Lip: its published generator under torch, or a FaceFusion-style ONNX graph
 

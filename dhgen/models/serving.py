@@ -1,8 +1,9 @@
 """Serving one model to many jobs: what an inference worker (local) or actor (Ray) wraps around a predictor.
 
 `load_model` resolves the device and precision for the family's backend and calls its `load`: a numpy family
-never imports torch, a torch family resolves its device through `dhgen.models.torch_backend`. `load_for_serving`
-does that with the process's share of threads and holds the predictor to the protocol (`CheckedPredictor`: an
+never imports torch, a torch family resolves its device through `dhgen.models.torch_backend`, an onnxruntime one
+through `dhgen.models.onnx_backend` (no torch either). `load_for_serving` does that with the process's share of
+threads (torch's, or onnxruntime's sessions') and holds the predictor to the protocol (`CheckedPredictor`: an
 exception of the model's own or an answer of the wrong shape is a `ModelError` naming the model).
 `AdaptivePredictor` runs merged batches in slices of the current batch size and halves it on out-of-memory.
 
@@ -250,12 +251,22 @@ def load_for_serving(options: ModelOptions, threads: int | None = None) -> Check
     """The predictor for `options` (with `threads` CPU threads, when given), held to the protocol, wrapped in the
     test hook when it is set. Every executor serves its model through this, so every one types errors alike."""
     family = get_family(options.name)
-    if threads is not None and family.backend_for(options.checkpoint) == "torch":
-        import torch
-
-        torch.set_num_threads(threads)
+    if threads is not None:
+        _share_threads(family.backend_for(options.checkpoint), threads)
     predictor = load_model(options)
     fault = os.environ.get("DHGEN_TEST_FAULT", "")
     if fault:
         predictor = FaultInjector(predictor, fault)
     return CheckedPredictor(predictor, family.name, family.crop_size)
+
+
+def _share_threads(backend: str, threads: int) -> None:
+    """This process's share of the cores for the backend's own thread pool (a numpy model runs in one thread)."""
+    if backend == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+    elif backend == "onnxruntime":
+        from dhgen.models.onnx_backend import set_num_threads
+
+        set_num_threads(threads)

@@ -34,13 +34,10 @@ from torch import nn
 from dhgen.composite import feather_mask
 from dhgen.errors import ModelLoadError, first_line
 from dhgen.models.torch_backend import TorchPredictor
-from dhgen.models.wav2lip import CHECKPOINT_HINT
+from dhgen.models.wav2lip import ALPHA_TOP, CHECKPOINT_HINT, FACE_SIZE, MEL_BINS, MEL_STEPS
 
 log = logging.getLogger(__name__)
 
-FACE_SIZE = 96  # the generator's face input and output side, pixels
-MEL_BINS, MEL_STEPS = 80, 16  # one mel window: 80 bins x 16 frames (0.2 s at 80 frames/s)
-ALPHA_TOP = 0.5  # the patch is pasted below this fraction of the crop: the half Wav2Lip regenerates
 DP_PREFIX = "module."  # what torch.nn.DataParallel puts in front of every key
 SHOWN_KEYS = 5  # how many mismatched keys an error message lists per kind
 
