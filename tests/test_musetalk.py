@@ -215,8 +215,9 @@ def test_weights_of_another_network_fail_to_load_naming_the_file(models, tmp_pat
     with pytest.raises(ModelLoadError) as info:
         family.load(folder, "cpu", "float32")
     assert str(folder / "musetalkV15" / "unet.pth") in info.value.message
-    assert "keys missing: " in info.value.message and "1 keys unexpected: head.weight" in info.value.message
-    assert "conv_in.weight (2, 2) instead of (8, 8, 3, 3)" in info.value.message and "MuseTalk V1.5" in info.value.hint
+    assert "missing keys: " in info.value.message and "1 unexpected keys: head.weight" in info.value.message
+    assert "conv_in.weight: checkpoint (2, 2) vs model (8, 8, 3, 3)" in info.value.message
+    assert "MuseTalk V1.5" in info.value.hint
 
 
 # --- audio windows ------------------------------------------------------------------------------------------------
@@ -420,7 +421,7 @@ def test_a_backbone_file_that_does_not_fit_is_named(parsed_models, tmp_path):
     backbone.unlink()
     torch.save({**state, "conv1.weight": torch.zeros(64, 3, 3, 3)}, backbone)
     with pytest.raises(
-        ModelLoadError, match=r"not the weights of a ResNet-18: 1 keys of another shape: conv1.weight"
+        ModelLoadError, match=r"not the weights of a ResNet-18: 1 shape mismatches: conv1.weight"
     ) as info:
         family.load(folder, "cpu", "float32")
     assert str(backbone) in info.value.message

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -181,3 +182,27 @@ class TorchPredictor:
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.detach().to("cpu", torch.uint8).numpy())
+
+
+def state_dict_mismatches(
+    state: Mapping[str, object], expected: Mapping[str, torch.Tensor], shown: int = 5
+) -> list[str]:
+    """Human-readable lists of a checkpoint's missing keys, unexpected keys and shape mismatches against a module's
+    `state_dict()`, `shown` of each named (empty when all fit)."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [
+        f"{k}: checkpoint {_shape(state[k])} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and _shape(state[k]) != tuple(v.shape)
+    ]
+    problems = []
+    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong)):
+        if items:
+            more = f", ... ({len(items) - shown} more)" if len(items) > shown else ""
+            problems.append(f"{len(items)} {label}: {', '.join(items[:shown])}{more}")
+    return problems
+
+
+def _shape(value: object):
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__

@@ -22,7 +22,7 @@ import torch
 
 from dhgen.errors import ModelLoadError
 from dhgen.models.musetalk.layout import EXTRA_HINT, UNET_STEP, VAE_STEP, WHISPER_STEP, Layout
-from dhgen.models.torch_backend import is_cuda_oom
+from dhgen.models.torch_backend import is_cuda_oom, state_dict_mismatches
 
 log = logging.getLogger(__name__)
 
@@ -85,27 +85,10 @@ def load_weights(module: torch.nn.Module, state, path: Path, what: str, step: st
     what does not fit."""
     if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
         raise ModelLoadError(f"holds a {type(state).__name__}, not a state dict", path=path, hint=f"get it with {step}")
-    problems = mismatches(state, module.state_dict())
+    problems = state_dict_mismatches(state, module.state_dict())
     if problems:
         raise ModelLoadError(f"not the weights of {what}: {'; '.join(problems)}", path=path, hint=f"get it with {step}")
     module.load_state_dict(state, assign=assign)
-
-
-def mismatches(state: dict, expected: dict, shown: int = 5) -> list[str]:
-    """Missing keys, unexpected keys and shape mismatches, a few of each named (empty when all fit)."""
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [
-        f"{k} {tuple(getattr(state[k], 'shape', ()))} instead of {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and tuple(getattr(state[k], "shape", ())) != tuple(v.shape)
-    ]
-    problems = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", wrong)):
-        if keys:
-            more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
-            problems.append(f"{len(keys)} keys {label}: {', '.join(keys[:shown])}{more}")
-    return problems
 
 
 def _libraries():

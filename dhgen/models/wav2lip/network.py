@@ -33,13 +33,12 @@ from torch import nn
 
 from dhgen.composite import feather_mask
 from dhgen.errors import ModelLoadError, first_line
-from dhgen.models.torch_backend import TorchPredictor
+from dhgen.models.torch_backend import TorchPredictor, state_dict_mismatches
 from dhgen.models.wav2lip import ALPHA_TOP, CHECKPOINT_HINT, FACE_SIZE, MEL_BINS, MEL_STEPS
 
 log = logging.getLogger(__name__)
 
 DP_PREFIX = "module."  # what torch.nn.DataParallel puts in front of every key
-SHOWN_KEYS = 5  # how many mismatched keys an error message lists per kind
 
 
 # --- the network ------------------------------------------------------------------------------------------------
@@ -210,7 +209,7 @@ def _matching_state_dict(path: Path, model: nn.Module) -> dict[str, torch.Tensor
     for key, value in expected.items():  # BatchNorm step counters: not used at inference, absent in some files
         if key.endswith("num_batches_tracked") and key not in state:
             state[key] = value
-    problems = _mismatches(state, expected)
+    problems = state_dict_mismatches(state, expected)
     if problems:
         raise ModelLoadError(
             f"not a Wav2Lip generator checkpoint: {'; '.join(problems)}", path=path, hint=CHECKPOINT_HINT
@@ -239,27 +238,6 @@ def _read_state_dict(path: Path) -> Mapping[str, object]:
             hint=CHECKPOINT_HINT,
         )
     return obj
-
-
-def _mismatches(state: Mapping[str, object], expected: Mapping[str, torch.Tensor]) -> list[str]:
-    """Human-readable lists of missing keys, unexpected keys and shape mismatches (empty when all fit)."""
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [
-        f"{k}: checkpoint {_shape(state[k])} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and _shape(state[k]) != tuple(v.shape)
-    ]
-    problems = []
-    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong)):
-        if items:
-            more = f", ... ({len(items) - SHOWN_KEYS} more)" if len(items) > SHOWN_KEYS else ""
-            problems.append(f"{len(items)} {label}: {', '.join(items[:SHOWN_KEYS])}{more}")
-    return problems
-
-
-def _shape(value: object):
-    return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
 
 
 def _input_dtype(model: nn.Module) -> torch.dtype:
