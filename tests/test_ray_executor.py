@@ -577,14 +577,24 @@ HEAD_TIMEOUT_S = 3.0  # --ray-head-timeout of the tests that lose the head for g
 
 @pytest.fixture(scope="module")
 def long_audio(tmp_path_factory) -> Path:
-    """22 s of speech (the fixture five times): a job that cannot finish within HEAD_TIMEOUT_S on any machine,
-    nor before a GCS has started again."""
-    target = tmp_path_factory.mktemp("long") / "long.wav"
+    """22 s of speech (the fixture five times): a job that takes a while (1.5 s on an idle 2-core box, many times
+    that on a loaded one); the tests that need it to outlast the bound stop its process (SIGSTOP)."""
+    return _repeated(tmp_path_factory.mktemp("long") / "long.wav", 5)
+
+
+@pytest.fixture(scope="module")
+def endless_audio(tmp_path_factory) -> Path:
+    """7 minutes of speech (the fixture 100 times, 14 MB): a job that cannot finish within HEAD_TIMEOUT_S on any
+    machine, for a test whose job process cannot be reached to stop it (it is never rendered to the end)."""
+    return _repeated(tmp_path_factory.mktemp("endless") / "endless.wav", 100)
+
+
+def _repeated(target: Path, times: int) -> Path:
     with wave.open(str(AUDIO)) as src:
         params, data = src.getparams(), src.readframes(src.getnframes())
     with wave.open(str(target), "wb") as dst:
         dst.setparams(params)
-        dst.writeframes(data * 5)
+        dst.writeframes(data * times)
     return target
 
 
@@ -698,15 +708,19 @@ def test_sigkill_of_the_head_gcs_ends_the_run_with_cluster_lost_and_resume_on_an
 ):
     out, address = tmp_path / "out", restartable_head.address
     manifest = _manifest(tmp_path, SHORT_AUDIO, long_audio, SHORT_AUDIO)
-    driver = _Driver(manifest, out, address, "--ray-head-timeout", str(HEAD_TIMEOUT_S))
+    driver, running = _Driver(manifest, out, address, "--ray-head-timeout", str(HEAD_TIMEOUT_S)), {}
     try:
         driver.events.wait_for(lambda e: e["event"] == "job_finished")  # j0 (one job at a time on one CPU)
         assert "_raylet" not in Path(f"/proc/{driver.process.pid}/maps").read_text()  # no Ray in dhgen's process
         running = driver.events.wait_for(_started("j1"))
         driver.events.wait_for(_progress_of("j1"))
+        os.kill(running["pid"], signal.SIGSTOP)  # j1 cannot finish within the bound, however fast this machine is
         _kill_gcs(restartable_head)  # for good
         code = driver.wait(timeout=HEAD_TIMEOUT_S + 60)
     finally:
+        if running:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(running["pid"], signal.SIGCONT)
         restartable_head.shutdown()  # the last test on it; j1's task would render on until then
 
     assert code == 1, "".join(driver.stderr)[-3000:]
@@ -728,12 +742,12 @@ def test_sigkill_of_the_head_gcs_ends_the_run_with_cluster_lost_and_resume_on_an
     assert _resume_on(ray_cluster, manifest, out) == {"j0": "skipped", "j1": "succeeded", "j2": "succeeded"}
 
 
-def test_a_removed_head_node_ends_the_run_with_cluster_lost(long_audio, tmp_path):
+def test_a_removed_head_node_ends_the_run_with_cluster_lost(endless_audio, tmp_path):
     """Every Ray process of the head killed (GCS, raylet, workers). Which node's raylet the driver uses is Ray's
     choice among nodes of one IP: with the head's, the driver process dies; with the worker node's, it goes on
     without a head until the bound. Either way the run ends by itself with every job recorded (and --resume goes
     on from there as after the GCS's death above)."""
-    out, manifest = tmp_path / "out", _manifest(tmp_path, SHORT_AUDIO, long_audio, SHORT_AUDIO)
+    out, manifest = tmp_path / "out", _manifest(tmp_path, SHORT_AUDIO, endless_audio, SHORT_AUDIO)
     work_before = set(WORK_ROOT.glob("*"))
     try:
         with _own_cluster(worker_node=True) as cluster:
