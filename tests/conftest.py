@@ -1,3 +1,4 @@
+import faulthandler
 import hashlib
 import importlib.util
 import logging
@@ -152,3 +153,34 @@ def fake_gpus(monkeypatch):
         return dict(os.environ)
 
     return simulate
+
+
+def bounded_tests(seconds: float):
+    """An autouse fixture for a module: a test that hangs longer than `seconds` ends the session with every
+    thread's traceback (instead of hanging CI)."""
+
+    @pytest.fixture(autouse=True)
+    def _bounded():
+        faulthandler.dump_traceback_later(seconds, exit=True)
+        yield
+        faulthandler.cancel_dump_traceback_later()
+
+    return _bounded
+
+
+class RecordingInference:
+    """An `Inference` that runs the real model and keeps what it returned (to know every paste's alpha)."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.results = inner, {}
+
+    def submit(self, request):
+        return self.inner.submit(request)
+
+    def collect(self, ticket):
+        self.results[ticket] = result = self.inner.collect(ticket)
+        return result
+
+
+class KeptFrames(list):
+    write = list.append  # stands in for the VideoWriter: keeps the composited frames instead of encoding them

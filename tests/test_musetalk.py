@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import faulthandler
 import json
 import os
 import shutil
@@ -24,7 +23,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from conftest import FIXTURES, frame_digests, write_clip
+from conftest import FIXTURES, KeptFrames, RecordingInference, bounded_tests, frame_digests, write_clip
 
 from dhgen import pipeline
 from dhgen.errors import ModelLoadError, OutOfMemory, UsageError
@@ -54,11 +53,7 @@ FILES = [  # what is read, relative to the folder (no face-parse-bisent in the p
 ]
 
 
-@pytest.fixture(autouse=True)
-def _bounded():
-    faulthandler.dump_traceback_later(TEST_BOUND_S, exit=True)
-    yield
-    faulthandler.cancel_dump_traceback_later()
+_bounded = bounded_tests(TEST_BOUND_S)
 
 
 @pytest.fixture(scope="module")
@@ -427,33 +422,15 @@ def test_a_backbone_file_that_does_not_fit_is_named(parsed_models, tmp_path):
     assert str(backbone) in info.value.message
 
 
-class _Recorder:
-    """An `Inference` that keeps every answer, to know each paste's alpha."""
-
-    def __init__(self, inner) -> None:
-        self.inner, self.results = inner, {}
-
-    def submit(self, request):
-        return self.inner.submit(request)
-
-    def collect(self, ticket):
-        self.results[ticket] = result = self.inner.collect(ticket)
-        return result
-
-
-class _Frames(list):
-    write = list.append
-
-
 def test_pixels_outside_the_mask_are_the_avatars_exactly(models, clips, tmp_path):
     import cv2
 
     from dhgen.avatar import iter_frames
 
     options = options_for(models, tmp_path)
-    inference = _Recorder(pipeline.LocalInference(load_for_serving(options.model)))
+    inference = RecordingInference(pipeline.LocalInference(load_for_serving(options.model)))
     job = pipeline._Job(Job("x", clips["a"], AVATAR, tmp_path / "x.mp4"), options, inference, None)
-    composited, masks_seen = _Frames(), []
+    composited, masks_seen = KeptFrames(), []
     frames = iter_frames(job.info, job.n_out, options.avatar.loop)
     while chunk := list(islice(frames, pipeline.CHUNK_FRAMES)):
         submitted = job._submit(chunk)

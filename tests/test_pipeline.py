@@ -18,7 +18,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from conftest import FIXTURES, fixture_script
+from conftest import FIXTURES, KeptFrames, RecordingInference, fixture_script
 
 import dhgen.face
 from dhgen import pipeline
@@ -305,24 +305,6 @@ def test_real_footage_on_silence_his_own_talking_does_not_show(carphone):
 # --- compositing, before encoding ----------------------------------------------------------------------------------
 
 
-class _Recorder:
-    """An `Inference` that runs the real model and keeps what it returned (to know every paste's alpha)."""
-
-    def __init__(self, inner) -> None:
-        self.inner, self.results = inner, {}
-
-    def submit(self, batch):
-        return self.inner.submit(batch)
-
-    def collect(self, ticket):
-        self.results[ticket] = result = self.inner.collect(ticket)
-        return result
-
-
-class _Frames(list):
-    write = list.append  # stands in for the VideoWriter: keeps the composited frames instead of encoding them
-
-
 def test_pixels_outside_the_mask_are_the_avatars_exactly(tmp_path):
     """Crop -> model -> paste, run by the pipeline on decoded frames: where alpha is 0 nothing may change."""
     import cv2
@@ -330,9 +312,9 @@ def test_pixels_outside_the_mask_are_the_avatars_exactly(tmp_path):
     options = RenderOptions(face=FaceOptions(cache_dir=tmp_path / "cache"), model=ModelOptions(device="cpu"))
     audio = tmp_path / "a.wav"
     write_clip(FIXTURES / "speech.wav", audio, 1.6)  # 40 frames, mouth open in most
-    inference = _Recorder(pipeline.LocalInference(load_model(options.model)))
+    inference = RecordingInference(pipeline.LocalInference(load_model(options.model)))
     job_state = pipeline._Job(Job("x", audio, FIXTURES / "avatar.mp4", tmp_path / "x.mp4"), options, inference, None)
-    composited, masks = _Frames(), []
+    composited, masks = KeptFrames(), []
     frames = iter_frames(job_state.info, job_state.n_out, options.avatar.loop)
     while chunk := list(islice(frames, pipeline.CHUNK_FRAMES)):
         submitted = job_state._submit(chunk)
@@ -357,7 +339,7 @@ def test_pixels_outside_the_mask_are_the_avatars_exactly(tmp_path):
 def composited(job: Job, options: RenderOptions) -> tuple[pipeline._Job, list[np.ndarray]]:
     """The pipeline's frames for `job` as it hands them to the encoder (crop -> model -> paste, no encoding)."""
     state = pipeline._Job(job, options, pipeline.LocalInference(load_model(options.model)), None)
-    out = _Frames()
+    out = KeptFrames()
     frames = iter_frames(state.info, state.n_out, options.avatar.loop)
     while chunk := list(islice(frames, pipeline.CHUNK_FRAMES)):
         state._finish(state._submit(chunk), out)

@@ -6,7 +6,6 @@ GCS fault tolerance, started again) and the whole head node removed."""
 from __future__ import annotations
 
 import contextlib
-import faulthandler
 import json
 import multiprocessing
 import os
@@ -22,7 +21,7 @@ import wave
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, RAY_NODE, EventWatcher, alive, frame_digests, write_clip
+from conftest import FIXTURES, RAY_NODE, EventWatcher, alive, bounded_tests, frame_digests, write_clip
 
 from dhgen.manifest import Job
 from dhgen.options import EncodeOptions, ModelOptions, RenderOptions, RunOptions
@@ -37,11 +36,7 @@ TEST_BOUND_S = 150  # a hung test ends the session with every thread's traceback
 WORK_ROOT = Path(tempfile.gettempdir()) / "dhgen-ray"
 
 
-@pytest.fixture(autouse=True)
-def _bounded():
-    faulthandler.dump_traceback_later(TEST_BOUND_S, exit=True)
-    yield
-    faulthandler.cancel_dump_traceback_later()
+_bounded = bounded_tests(TEST_BOUND_S)
 
 
 @pytest.fixture(scope="module")
